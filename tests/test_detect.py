@@ -9,6 +9,9 @@ from ssdwb.detect import postprocess
 
 def compare_with_reference(ploc, plabel, dboxes, **kw):
     out = postprocess(ploc, plabel, dboxes, **kw)
+    other = postprocess(ploc, plabel, dboxes, strategy="per_image", **kw)
+    for (a, b, c), (x, y, z) in zip(out, other):  # both NMS strategies give the same result
+        assert torch.equal(a, x) and torch.equal(b, y) and torch.equal(c, z)
     boxes = BoxCoder(dboxes).decode(ploc)
     probs = torch.softmax(plabel.float(), 1)
     for b, (ob, ol, os_) in enumerate(out):
@@ -86,3 +89,14 @@ def test_cuda_matches_cpu(dboxes):
     for (a, b, c), (x, y, z) in zip(postprocess(ploc, plabel, dboxes),
                                     postprocess(ploc.cuda(), plabel.cuda(), dboxes)):
         assert torch.equal(b, y.cpu()) and torch.allclose(a, x.cpu()) and torch.allclose(c, z.cpu())
+
+
+def test_trained_like_logits_take_the_filtered_path(dboxes):
+    """Few scores above the threshold: candidates are ranked by sorting only the survivors."""
+    gen = torch.Generator().manual_seed(5)
+    ploc = torch.randn(3, 4, 8732, generator=gen) * 0.3
+    plabel = torch.randn(3, 81, 8732, generator=gen)
+    plabel[:, 0] += 6.0
+    plabel[1, 4, :300] += 9.0  # one class with more than 200 survivors in image 1
+    out = compare_with_reference(ploc, plabel, dboxes)
+    assert 0 < sum(len(o[0]) for o in out) < 3 * 200
