@@ -98,5 +98,7 @@ def test_trained_like_logits_take_the_filtered_path(dboxes):
     plabel = torch.randn(3, 81, 8732, generator=gen)
     plabel[:, 0] += 6.0
     plabel[1, 4, :300] += 9.0  # one class with more than 200 survivors in image 1
+    probs = torch.softmax(plabel, 1)[:, 1:]
+    assert (probs > 0.05).sum() < 2 * 3 * 80 * 200  # the filtered path's condition
     out = compare_with_reference(ploc, plabel, dboxes)
-    assert 0 < sum(len(o[0]) for o in out) < 3 * 200
+    assert 0 < (out[1][1] == 4).sum() <= 200
