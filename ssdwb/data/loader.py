@@ -1,0 +1,103 @@
+"""DataLoader factory: sharded sampling, worker seeding, batch collation and box encoding.
+
+Every rank reads its own shard (``DistributedSampler``; the 2019 reference built one but never
+used it, so each rank read the whole dataset). A single process uses the same sampler with one
+replica, so the sample order depends only on (seed, epoch): resuming at epoch e reproduces it.
+
+Where the boxes get encoded (``encode_on``):
+
+* ``"worker"`` (default on CPU): ``BoxCoder.encode_batch`` runs in the loader's worker processes,
+  in parallel with the training step; the main process only receives finished targets.
+* ``"device"`` (default on CUDA): the collate returns the raw box lists and the training loop
+  encodes the batch on the GPU (one batched call, ~1 ms for 8732 priors), which keeps the CPU
+  workers free for JPEG decoding, the real bottleneck of a CPU input pipeline.
+
+On this CPU-only machine "worker" measures faster (``bench/bench_data.py`` prints both): on the
+device the encode would serialise with the step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ssdwb.data.transforms import normalize
+
+__all__ = ["Collate", "build_loader", "set_epoch"]
+
+
+class Collate:
+    """Stacks a list of ``(uint8 image, target)`` into a batch dict.
+
+    Returns ``{"images": float32 Tensor[B, 3, H, W] normalised, "boxes": list of Tensor[N_b, 4],
+    "labels": list of Tensor[N_b], "image_ids": Tensor[B], "orig_sizes": Tensor[B, 2] (h, w)}``,
+    plus ``"gloc"`` (Tensor[B, P, 4] xywh) and ``"glabel"`` (Tensor[B, P]) when a ``coder`` is
+    given (encoding in the worker).
+    """
+
+    def __init__(self, coder=None):
+        self.coder = coder
+
+    def __call__(self, samples):
+        images = normalize(torch.stack([s[0] for s in samples]))
+        targets = [s[1] for s in samples]
+        batch = {
+            "images": images,
+            "boxes": [t["boxes"] for t in targets],
+            "labels": [t["labels"] for t in targets],
+            "image_ids": torch.tensor([t["image_id"] for t in targets], dtype=torch.int64),
+            "orig_sizes": torch.tensor([t["orig_size"] for t in targets], dtype=torch.int64),
+        }
+        if self.coder is not None:
+            batch["gloc"], batch["glabel"] = self.coder.encode_batch(batch["boxes"],
+                                                                     batch["labels"])
+        return batch
+
+
+def _worker_init(worker_id: int) -> None:
+    from ssdwb.runtime import tune_cpu_allocator
+
+    torch.set_num_threads(1)  # workers share the cores with the training step
+    tune_cpu_allocator()
+
+
+def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None = None,
+                 num_workers: int = 0, seed: int = 0, coder=None, encode_on: str = "worker",
+                 device: torch.device | str = "cpu", drop_last: bool | None = None,
+                 persistent_workers: bool = False, rank: int | None = None,
+                 world_size: int | None = None) -> DataLoader:
+    """A DataLoader over ``dataset`` for one rank.
+
+    Args:
+        batch_size: images per batch on this rank.
+        train: shuffle (by seed and epoch) and drop the last partial batch.
+        distributed: shard over ``torch.distributed`` ranks; None: shard when it is initialised.
+        coder: a ``BoxCoder``; with ``encode_on="worker"`` the batches carry encoded targets.
+        device: where training runs; pinned memory when it is CUDA.
+        rank, world_size: override the process group's (to inspect another rank's shard).
+    """
+    if distributed is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = world_size or (torch.distributed.get_world_size() if distributed else 1)
+    rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+    drop_last = train if drop_last is None else drop_last
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed,
+                                 drop_last=drop_last)
+    if encode_on not in ("worker", "device"):
+        raise ValueError(f"encode_on must be 'worker' or 'device', not {encode_on!r}")
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        collate_fn=Collate(coder if encode_on == "worker" else None),
+        pin_memory=torch.device(device).type == "cuda", drop_last=drop_last,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=persistent_workers and num_workers > 0,
+    )
+    loader.seed = seed
+    return loader
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Sets the shuffle order and the workers' RNG seeds from (seed, epoch) alone."""
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(loader.seed * 100_003 + epoch)

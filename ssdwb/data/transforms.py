@@ -1,0 +1,144 @@
+"""The reference's SSD augmentation (SPEC.md), on PIL images through torchvision.transforms.v2.
+
+Training, in this order:
+
+1. ``SSDRandomCrop``: choose uniformly among {no crop, min IoU 0.1, 0.3, 0.5, 0.7, 0.9, no
+   constraint}; one attempt per choice, re-choose until one succeeds. The crop's w and h are
+   U(0.3, 1) fractions of the image with w/h in [0.5, 2]; every GT's IoU with the crop must exceed
+   the min IoU; boxes whose centre lies strictly inside the crop are kept (at least one), clipped
+   to it. torchvision's ``RandomIoUCrop`` follows other rules (it retries 40 times per choice,
+   scales w and h of the *pixel* size and requires ``min_iou <= IoU``), hence this class.
+2. Horizontal flip, p = 0.5.
+3. Resize to 300x300 (PIL bilinear, as the reference's ``transforms.Resize`` on PIL images).
+4. Colour jitter: brightness 0.125, contrast 0.5, saturation 0.5, hue 0.05 (``v2.ColorJitter``:
+   PIL's enhancers and HSV hue shift, in random order, like the reference's torchvision).
+5. To a uint8 tensor. Normalisation (mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225])
+   happens once per batch in :func:`normalize` (same float maths as ToTensor + Normalize).
+
+One shortcut computes the same pixels as the reference order with less work: the flip is applied
+to the 300x300 result instead of the crop (mirroring commutes with PIL's symmetric resampling; a
+test checks it against the literal crop -> flip -> resize pixel for pixel). Folding the crop into
+``resize(box=...)`` would not: PIL then samples outside the box at its edges (1 % of pixels
+differ, by up to 14 levels), so the crop stays a separate step.
+
+Randomness comes from torch's global generator only, so a seed (and DataLoader worker seeding)
+makes a run repeatable. Boxes are fractions of the image throughout, (x1, y1, x2, y2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from PIL import Image
+from torchvision.ops import box_iou
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+__all__ = ["SSDRandomCrop", "train_transform", "val_transform", "normalize", "MEAN", "STD",
+           "CROP_OPTIONS"]
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+# None: keep the whole image; a number: min IoU of every GT with the crop; -inf: no constraint.
+CROP_OPTIONS = (None, 0.1, 0.3, 0.5, 0.7, 0.9, -math.inf)
+
+
+def _uniform(lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand(()))
+
+
+class SSDRandomCrop:
+    """The reference SSD crop on fractional boxes.
+
+    ``__call__(boxes, labels) -> (crop, boxes, labels, option)``: ``crop`` is (left, top, right,
+    bottom) fractions or None, ``option`` the index into ``CROP_OPTIONS`` that succeeded.
+    """
+
+    def __call__(self, boxes: torch.Tensor, labels: torch.Tensor):
+        while True:
+            option = int(torch.randint(len(CROP_OPTIONS), ()))
+            min_iou = CROP_OPTIONS[option]
+            if min_iou is None:
+                return None, boxes, labels, option
+            w, h = _uniform(0.3, 1.0), _uniform(0.3, 1.0)
+            if w / h < 0.5 or w / h > 2:
+                continue
+            left, top = _uniform(0, 1.0 - w), _uniform(0, 1.0 - h)
+            right, bottom = left + w, top + h
+            crop = torch.tensor([[left, top, right, bottom]])
+            if not bool((box_iou(boxes, crop) > min_iou).all()):
+                continue
+            cx = 0.5 * (boxes[:, 0] + boxes[:, 2])
+            cy = 0.5 * (boxes[:, 1] + boxes[:, 3])
+            inside = (cx > left) & (cx < right) & (cy > top) & (cy < bottom)
+            if not bool(inside.any()):
+                continue
+            kept = boxes[inside]
+            kept = torch.stack([kept[:, 0].clamp(min=left), kept[:, 1].clamp(min=top),
+                                kept[:, 2].clamp(max=right), kept[:, 3].clamp(max=bottom)], 1)
+            kept = (kept - torch.tensor([left, top, left, top])) / torch.tensor([w, h, w, h])
+            return (left, top, right, bottom), kept, labels[inside], option
+
+
+class TrainTransform:
+    """SPEC.md's training augmentation: ``(PIL image, target) -> (uint8 Tensor[3, S, S], target)``.
+
+    The target's boxes are updated; ``target["augment"]`` records the crop option, the pixel
+    crop box, the flip and how many boxes were kept (for the augmentation notebook).
+    """
+
+    def __init__(self, size: int = 300):
+        self.size = size
+        self.crop = SSDRandomCrop()
+        self.jitter = v2.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05)
+
+    def __call__(self, image: Image.Image, target: dict):
+        boxes, labels = target["boxes"], target["labels"]
+        crop, boxes, labels, option = self.crop(boxes, labels)
+        wtot, htot = image.size
+        if crop is None:
+            box = (0, 0, wtot, htot)
+        else:  # the reference crops at int() of the fractional box
+            box = (int(crop[0] * wtot), int(crop[1] * htot), int(crop[2] * wtot),
+                   int(crop[3] * htot))
+        flip = float(torch.rand(())) < 0.5
+        if flip:
+            boxes = torch.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0], boxes[:, 3]], 1)
+        if crop is not None:
+            image = image.crop(box)
+        image = image.resize((self.size, self.size), Image.BILINEAR)
+        if flip:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        image = self.jitter(image)
+        out = dict(target, boxes=boxes, labels=labels,
+                   augment={"option": option, "box": box, "flip": flip,
+                            "kept": int(labels.shape[0]),
+                            "dropped": int(target["labels"].shape[0] - labels.shape[0])})
+        return F.pil_to_tensor(image), out
+
+
+class ValTransform:
+    """Resize to S x S (PIL bilinear) and convert to a uint8 tensor; boxes unchanged."""
+
+    def __init__(self, size: int = 300):
+        self.size = size
+
+    def __call__(self, image: Image.Image, target: dict):
+        image = image.resize((self.size, self.size), Image.BILINEAR)
+        return F.pil_to_tensor(image), target
+
+
+def train_transform(size: int = 300) -> TrainTransform:
+    return TrainTransform(size)
+
+
+def val_transform(size: int = 300) -> ValTransform:
+    return ValTransform(size)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 Tensor[B, 3, H, W] -> float32, /255 then (x - mean) / std, as ToTensor + Normalize."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    return images.float().div_(255).sub_(mean).div_(std)

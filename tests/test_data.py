@@ -1,0 +1,255 @@
+import hashlib
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from torchvision.ops import box_iou
+
+from ssdwb.data import CocoDetection, build_loader, normalize, set_epoch, train_transform
+from ssdwb.data.synthetic import make_shapes_coco
+from ssdwb.data.transforms import CROP_OPTIONS, SSDRandomCrop, val_transform
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes_coco(tmp_path_factory.mktemp("shapes"), num_train=24, num_val=8, seed=3)
+
+
+def train_ds(root, **kw):
+    return CocoDetection(root / "train", root / "annotations" / "instances_train.json", **kw)
+
+
+def digest(folder):
+    h = hashlib.md5()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_synthetic_same_seed_same_bytes(tmp_path, shapes):
+    again = make_shapes_coco(tmp_path / "again", num_train=24, num_val=8, seed=3)
+    assert digest(again) == digest(shapes)
+    other = make_shapes_coco(tmp_path / "other", num_train=24, num_val=8, seed=4)
+    assert digest(other) != digest(shapes)
+
+
+def test_synthetic_layout_and_contents(shapes):
+    data = json.loads((shapes / "annotations" / "instances_train.json").read_text())
+    assert len(data["images"]) == 24 and 8 <= len(data["categories"]) <= 12
+    per_image = {}
+    for a in data["annotations"]:
+        per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
+    assert 1 <= min(per_image.values()) and max(per_image.values()) <= 12
+    for im in data["images"]:
+        assert 320 <= im["width"] <= 640 and 320 <= im["height"] <= 640
+        assert (shapes / "train" / im["file_name"]).exists()
+    ids = [c["id"] for c in data["categories"]]
+    assert ids != list(range(1, len(ids) + 1))  # gaps, like COCO's ids
+
+
+def test_coco_reader_targets_and_mapping(shapes):
+    ds = train_ds(shapes)
+    image, t = ds.raw(0)
+    assert isinstance(image, Image.Image) and image.mode == "RGB"
+    assert t["boxes"].dtype == torch.float32 and t["boxes"].shape[1] == 4
+    assert (t["boxes"] >= 0).all() and (t["boxes"] <= 1).all()
+    assert t["labels"].dtype == torch.int64 and t["labels"].min() >= 1
+    h, w = t["orig_size"]
+    assert (w, h) == image.size
+    cats = ds.coco.dataset["categories"]
+    assert [ds.cat_to_label[c["id"]] for c in cats] == list(range(1, len(cats) + 1))
+    assert all(ds.label_to_cat[ds.cat_to_label[c["id"]]] == c["id"] for c in cats)
+    assert ds.num_classes == len(cats) + 1
+    # pixel box -> fractions
+    ann = ds.coco.imgToAnns[t["image_id"]][0]
+    x, y, bw, bh = ann["bbox"]
+    assert t["boxes"][0].tolist() == pytest.approx([x / w, y / h, (x + bw) / w, (y + bh) / h])
+
+
+def write_ann(path, images, annotations, categories=({"id": 1, "name": "a"},)):
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": list(categories)}))
+    return path
+
+
+def test_crowd_kept_empty_dropped_degenerate_dropped(tmp_path, caplog):
+    Image.new("RGB", (100, 50)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (100, 50)).save(tmp_path / "b.jpg")
+    ann = write_ann(tmp_path / "ann.json",
+                    [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 50},
+                     {"id": 2, "file_name": "b.jpg", "width": 100, "height": 50}],
+                    [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20],
+                      "iscrowd": 1},
+                     {"id": 2, "image_id": 1, "category_id": 1, "bbox": [10, 10, 0, 5],
+                      "iscrowd": 0},
+                     {"id": 3, "image_id": 1, "category_id": 1, "bbox": [200, 10, 5, 5],
+                      "iscrowd": 0},
+                     {"id": 4, "image_id": 2, "category_id": 1, "bbox": [1, 1, -3, 5],
+                      "iscrowd": 0}])
+    with caplog.at_level(logging.WARNING):
+        ds = CocoDetection(tmp_path, ann)
+    assert ds.ids == [1] and ds.dropped_boxes == 3
+    assert "dropped 3 degenerate box" in caplog.text and "ann.json" in caplog.text
+    assert ds.raw(0)[1]["boxes"].shape == (1, 4)  # the crowd box
+    assert CocoDetection(tmp_path, ann, drop_empty=False).ids == [1, 2]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a valid JSON file"),
+    (json.dumps({"images": [], "categories": []}), "missing key(s) ['annotations']"),
+    (json.dumps([1, 2]), "expected a JSON object"),
+    (json.dumps({"images": [{"id": 1, "file_name": "x.jpg", "width": 5, "height": 5}],
+                 "annotations": [{"id": 1, "image_id": 1, "category_id": 9, "bbox": [0, 0, 1, 1]}],
+                 "categories": [{"id": 1, "name": "a"}]}), "category id(s) [9]"),
+])
+def test_bad_annotation_files(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError) as e:
+        CocoDetection(tmp_path, path)
+    assert message in str(e.value) and "bad.json" in str(e.value)
+
+
+def test_missing_annotation_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        CocoDetection(tmp_path, tmp_path / "nope.json")
+
+
+def test_bad_images_error_or_skip(tmp_path):
+    Image.new("RGB", (64, 64)).save(tmp_path / "ok.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    ann = write_ann(tmp_path / "ann.json",
+                    [{"id": i, "file_name": f, "width": 64, "height": 64}
+                     for i, f in ((1, "missing.jpg"), (2, "broken.jpg"), (3, "ok.jpg"))],
+                    [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 10, 10]}
+                     for i in (1, 2, 3)])
+    ds = CocoDetection(tmp_path, ann)
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        ds[0]
+    with pytest.raises(OSError, match="broken.jpg.*cannot be decoded"):
+        ds[1]
+    skip = CocoDetection(tmp_path, ann, skip_bad_images=True)
+    image, t = skip[0]
+    assert t["image_id"] == 3 and skip.bad_images == 2
+
+
+def test_train_transform_deterministic_and_normalised(shapes):
+    ds = train_ds(shapes, transform=train_transform())
+    torch.manual_seed(7)
+    a = [ds[i] for i in range(6)]
+    torch.manual_seed(7)
+    b = [ds[i] for i in range(6)]
+    for (ia, ta), (ib, tb) in zip(a, b):
+        assert torch.equal(ia, ib) and torch.equal(ta["boxes"], tb["boxes"])
+    img = a[0][0]
+    assert img.shape == (3, 300, 300) and img.dtype == torch.uint8
+    x = normalize(img[None])
+    expected = (img[None].float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) \
+        / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert torch.allclose(x, expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 8))
+def test_crop_rules(seed, n):
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=gen) * 0.9
+    boxes = torch.cat([xy, xy + 0.005 + torch.rand(n, 2, generator=gen) * (1 - xy)], 1).clamp(max=1)
+    labels = torch.arange(1, n + 1)
+    torch.manual_seed(seed)
+    crop, out, out_labels, option = SSDRandomCrop()(boxes, labels)
+    assert out.shape[0] == out_labels.shape[0] >= 1
+    assert ((out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])).all()  # never degenerate
+    assert (out >= -1e-6).all() and (out <= 1 + 1e-6).all()
+    if crop is None:
+        assert CROP_OPTIONS[option] is None and torch.equal(out, boxes)
+        return
+    left, top, right, bottom = crop
+    w, h = right - left, bottom - top
+    assert 0.3 <= w <= 1 and 0.3 <= h <= 1 and 0.5 <= w / h <= 2
+    min_iou = CROP_OPTIONS[option]
+    assert (box_iou(boxes, torch.tensor([crop])) > min_iou).all()
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    inside = (cx > left) & (cx < right) & (cy > top) & (cy < bottom)
+    assert torch.equal(out_labels, labels[inside])
+    back = out * torch.tensor([w, h, w, h]) + torch.tensor([left, top, left, top])
+    clipped = torch.stack([boxes[inside, 0].clamp(min=left), boxes[inside, 1].clamp(min=top),
+                           boxes[inside, 2].clamp(max=right), boxes[inside, 3].clamp(max=bottom)], 1)
+    assert torch.allclose(back, clipped, atol=1e-6)
+
+
+def test_fast_path_pixels_equal_literal_reference_order(shapes):
+    """flip after resize == crop, flip, resize done literally."""
+    ds = train_ds(shapes)
+    t = train_transform()
+    t.jitter = lambda im: im  # colour jitter is the same call in both orders
+    for seed in range(12):
+        image, target = ds.raw(seed % len(ds))
+        torch.manual_seed(seed)
+        fast, out = t(image, target)
+        l, tp, r, b = out["augment"]["box"]
+        ref = image.crop((l, tp, r, b))
+        if out["augment"]["flip"]:
+            ref = ref.transpose(Image.FLIP_LEFT_RIGHT)
+        ref = torch.from_numpy(np.array(ref.resize((300, 300), Image.BILINEAR)))
+        assert torch.equal(fast, ref.permute(2, 0, 1)), seed
+
+
+def test_loader_shards_are_disjoint_and_cover(shapes):
+    ds = train_ds(shapes, transform=val_transform())
+    seen = []
+    for rank in range(2):
+        loader = build_loader(ds, 4, train=True, rank=rank, world_size=2, seed=1)
+        set_epoch(loader, 0)
+        seen.append([int(i) for b in loader for i in b["image_ids"]])
+    assert not set(seen[0]) & set(seen[1])
+    assert len(seen[0]) == len(seen[1]) == 12
+    loader = build_loader(ds, 4, train=True, rank=0, world_size=2, seed=1)
+    set_epoch(loader, 1)
+    assert [int(i) for b in loader for i in b["image_ids"]] != seen[0]  # reshuffled per epoch
+
+
+def test_loader_workers_are_deterministic_and_encode_in_worker(shapes, dboxes):
+    from ssdwb.box_coder import BoxCoder
+
+    coder = BoxCoder(dboxes)
+    ds = train_ds(shapes, transform=train_transform())
+
+    def run():
+        loader = build_loader(ds, 4, train=True, num_workers=2, seed=5, coder=coder)
+        set_epoch(loader, 3)
+        return [b for _, b in zip(range(2), loader)]
+
+    a, b = run(), run()
+    for x, y in zip(a, b):
+        assert torch.equal(x["images"], y["images"]) and torch.equal(x["glabel"], y["glabel"])
+    batch = a[0]
+    assert batch["images"].dtype == torch.float32 and batch["images"].shape == (4, 3, 300, 300)
+    assert batch["gloc"].shape == (4, 8732, 4) and batch["orig_sizes"].shape == (4, 2)
+    assert len(batch["boxes"]) == 4  # variable box counts kept as a list
+    on_device = coder.encode_batch(batch["boxes"], batch["labels"])
+    assert torch.equal(on_device[0], batch["gloc"]) and torch.equal(on_device[1], batch["glabel"])
+
+
+def test_end_to_end_batch_feeds_the_loss(shapes, dboxes):
+    from ssdwb.box_coder import BoxCoder
+    from ssdwb.loss import MultiBoxLoss
+    from ssdwb.model import SSD300
+
+    ds = train_ds(shapes, transform=train_transform())
+    coder = BoxCoder(dboxes)
+    loader = build_loader(ds, 2, train=True, coder=coder, seed=0)
+    set_epoch(loader, 0)
+    batch = next(iter(loader))
+    model = SSD300(num_classes=ds.num_classes)
+    ploc, plabel = model(batch["images"])
+    loss = MultiBoxLoss(dboxes)(ploc, plabel, batch["gloc"].transpose(1, 2), batch["glabel"])
+    assert math.isfinite(loss.item()) and loss.item() > 0
+    loss.backward()
