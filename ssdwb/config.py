@@ -1,0 +1,172 @@
+"""One config object for a training run, with the reference values as defaults, and presets.
+
+The notebook's parameters cell, ``ssdwb train --set key=value`` and the Slurm configs all end
+up here; every run writes it to ``runs/<run_id>/config.json``.
+
+Schedule points (LR decay, evaluation) are given in the reference's iterations at global batch 32
+(``schedule_unit="ref_iters"``) or directly in epochs (``"epochs"``). Reference iterations become
+iterations ``i * 32 / global_batch`` for the LR decay and epochs ``ceil(i * 32 / train_images)``
+for evaluation: 120k..240k -> epochs 33, 44, 50, 55, 61, 66 on COCO's 117,266 train images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["TrainConfig", "PRESETS", "preset"]
+
+REF_BATCH = 32
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data_dir: str = "data/coco"  # COCO 2017 (train2017/, val2017/, annotations/) or synthetic layout
+    image_size: int = 300  # SSD300
+    num_workers: int = 4  # loader processes per rank
+    # model
+    backbone_weights: str | None = "imagenet"  # "imagenet" (TORCH_HOME), a state-dict path, or None
+    amp: str = "off"  # off | fp16 (GradScaler) | bf16
+    channels_last: bool = False  # NHWC convolutions: faster on tensor cores
+    # optimisation (SPEC.md)
+    batch_size: int = 32  # images per process; global batch = batch_size * world size
+    lr: float = 2.5e-3  # base LR for a global batch of 32, scaled by lr_scaling
+    lr_scaling: str = "linear"  # linear: lr*gbs/32 | dell: 2.5e-3*max(1, round(lr/2.5e-3*gbs/32))
+    warmup: int = 300  # linear warmup iterations from 0 (NVIDIA 300, Dell 650)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # reference; Dell's configs use 1.3e-4 to 1.6e-4
+    schedule_unit: str = "ref_iters"  # unit of lr_decay_at and eval_at: ref_iters | epochs
+    lr_decay_at: list[float] = field(default_factory=lambda: [160_000, 200_000])
+    lr_decay_factor: float = 0.1
+    eval_at: list[float] = field(
+        default_factory=lambda: [120_000, 160_000, 180_000, 200_000, 220_000, 240_000])
+    epochs: int = 70  # at most (80 for 1xC4140)
+    target_map: float = 0.23  # stop when COCO mAP@[.5:.95] reaches it
+    seed: int = 1
+    # evaluation
+    eval_batch_size: int = 160
+    eval_backend: str = "faster-coco-eval"  # or pycocotools; same numbers
+    # run bookkeeping
+    run_dir: str = "runs"  # parent of run folders
+    run_id: str = ""  # empty: a timestamp
+    log_interval: int = 20  # iterations between metrics.jsonl lines
+    max_iters: int = 0  # stop after this many iterations (0: no limit); for smoke tests
+    device: str = "auto"  # auto | cpu | cuda
+    encode_on: str = "auto"  # worker | device | auto (worker on CPU, device on CUDA)
+    # MLPerf submission metadata
+    submission_org: str = "ssdwb"
+    submission_platform: str = "unknown"
+
+    def __post_init__(self) -> None:
+        choices = {"amp": ("off", "fp16", "bf16"), "lr_scaling": ("linear", "dell"),
+                   "schedule_unit": ("ref_iters", "epochs"),
+                   "eval_backend": ("faster-coco-eval", "pycocotools"),
+                   "device": ("auto", "cpu", "cuda"), "encode_on": ("auto", "worker", "device")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, not {getattr(self, key)!r}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch_size and epochs must be positive")
+
+    # --- derived values -------------------------------------------------------------------
+    def global_batch(self, world_size: int) -> int:
+        return self.batch_size * world_size
+
+    def base_lr(self, world_size: int) -> float:
+        """The learning rate after warmup for this global batch (SPEC.md's two rules)."""
+        gbs = self.global_batch(world_size)
+        if self.lr_scaling == "dell":
+            return 2.5e-3 * max(1, round(self.lr / 2.5e-3 * gbs / REF_BATCH))
+        return self.lr * gbs / REF_BATCH
+
+    def decay_iterations(self, world_size: int, iters_per_epoch: int) -> list[int]:
+        if self.schedule_unit == "epochs":
+            return [int(round(e * iters_per_epoch)) for e in self.lr_decay_at]
+        return [int(round(i * REF_BATCH / self.global_batch(world_size))) for i in self.lr_decay_at]
+
+    def eval_epochs(self, train_images: int) -> list[int]:
+        if self.schedule_unit == "epochs":
+            return sorted({int(math.ceil(e)) for e in self.eval_at})
+        return sorted({int(math.ceil(i * REF_BATCH / train_images)) for i in self.eval_at})
+
+    def lr_at(self, iteration: int, world_size: int, iters_per_epoch: int) -> float:
+        """LR of (0-based) iteration: linear warmup from 0, then x decay_factor at each point."""
+        lr = self.base_lr(world_size)
+        if self.warmup > 0 and iteration < self.warmup:
+            lr *= iteration / self.warmup
+        for point in self.decay_iterations(world_size, iters_per_epoch):
+            if iteration >= point:
+                lr *= self.lr_decay_factor
+        return lr
+
+    # --- (de)serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown config key(s) {unknown}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        try:
+            values = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        return cls.from_dict(values, str(path))
+
+    def replace(self, **changes) -> TrainConfig:
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def with_overrides(self, pairs: list[str]) -> TrainConfig:
+        """Applies ``key=value`` strings; values parse as JSON when they can (numbers, lists)."""
+        changes = {}
+        types = {f.name: f.type for f in dataclasses.fields(self)}
+        for pair in pairs:
+            key, sep, raw = pair.partition("=")
+            if not sep:
+                raise ValueError(f"--set takes key=value, got {pair!r}")
+            if key not in types:
+                raise ValueError(f"unknown config key {key!r}")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            if types[key] in ("str", "str | None") and not isinstance(value, str) and value is not None:
+                value = raw
+            changes[key] = value
+        return self.replace(**changes)
+
+
+# Named presets. "demo": the synthetic shapes set on this project's 2-core CPU machine.
+PRESETS: dict[str, dict] = {
+    "reference": {},
+    "demo": {
+        "data_dir": "data/shapes", "backbone_weights": None, "image_size": 300,
+        "batch_size": 8, "lr": 2.5e-3, "warmup": 50, "weight_decay": 5e-4,
+        "schedule_unit": "epochs", "eval_at": [1, 2, 3], "lr_decay_at": [100],
+        "epochs": 3, "num_workers": 1, "eval_batch_size": 16, "log_interval": 5,
+        "target_map": 1.0, "device": "cpu",
+    },
+}
+
+
+def preset(name: str, **changes) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return TrainConfig(**{**PRESETS[name], **changes})

@@ -1,0 +1,149 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ssdwb.config import TrainConfig, preset
+
+C4140 = {  # SPEC.md: GPUs, batch/GPU, global batch, base lr flag, wd, warmup
+    "1x": (4, 120, 480, 2.92e-3, 1.6e-4, 650),
+    "2x": (8, 120, 960, 2.92e-3, 1.6e-4, 650),
+    "4x": (16, 56, 896, 3.2e-3, 1.3e-4, 650),
+    "8x": (32, 32, 1024, 3.2e-3, 1.3e-4, 650),
+}
+
+
+def test_reference_defaults_and_eval_epochs():
+    c = TrainConfig()
+    assert (c.batch_size, c.lr, c.momentum, c.weight_decay, c.target_map) == (32, 2.5e-3, 0.9,
+                                                                               5e-4, 0.23)
+    assert c.eval_epochs(117_266) == [33, 44, 50, 55, 61, 66]
+    assert c.decay_iterations(1, 1000) == [160_000, 200_000]
+
+
+@pytest.mark.parametrize("system", sorted(C4140))
+def test_c4140_learning_rates(system):
+    gpus, bs, gbs, lr, wd, warmup = C4140[system]
+    c = TrainConfig(batch_size=bs, lr=lr, weight_decay=wd, warmup=warmup, lr_scaling="dell")
+    assert c.global_batch(gpus) == gbs
+    base = 2.5e-3 * max(1, round(lr / 2.5e-3 * gbs / 32))
+    assert c.base_lr(gpus) == pytest.approx(base)
+    ipe = 117_266 // gbs
+    assert c.lr_at(0, gpus, ipe) == 0.0
+    assert c.lr_at(warmup // 2, gpus, ipe) == pytest.approx(base * (warmup // 2) / warmup)
+    assert c.lr_at(warmup, gpus, ipe) == pytest.approx(base)
+    d1, d2 = c.decay_iterations(gpus, ipe)
+    assert d1 == round(160_000 * 32 / gbs) and d2 == round(200_000 * 32 / gbs)
+    assert c.lr_at(d1 - 1, gpus, ipe) == pytest.approx(base)
+    assert c.lr_at(d1, gpus, ipe) == pytest.approx(base * 0.1)
+    assert c.lr_at(d2, gpus, ipe) == pytest.approx(base * 0.01)
+
+
+def test_linear_rule():
+    c = TrainConfig(batch_size=24, lr=2.5e-3)
+    assert c.base_lr(64) == pytest.approx(2.5e-3 * 1536 / 32)
+
+
+def test_config_json_round_trip_and_errors(tmp_path):
+    c = preset("demo", seed=7)
+    c.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == c
+    (tmp_path / "bad.json").write_text(json.dumps({"batch_size": 4, "learning_rate": 1}))
+    with pytest.raises(ValueError, match=r"bad.json: unknown config key\(s\) \['learning_rate'\]"):
+        TrainConfig.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="amp must be one of"):
+        TrainConfig(amp="fp8")
+    o = c.with_overrides(["epochs=5", "eval_at=[1, 5]", "amp=bf16", "backbone_weights=null"])
+    assert (o.epochs, o.eval_at, o.amp, o.backbone_weights) == (5, [1, 5], "bf16", None)
+    with pytest.raises(ValueError, match="unknown config key 'nope'"):
+        c.with_overrides(["nope=1"])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from ssdwb.data.synthetic import make_shapes_coco
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_shapes_coco(root / "data", num_train=8, num_val=4, seed=0)
+    return root
+
+
+def tiny_config(root, run_id, **kw):
+    return preset("demo", data_dir=str(root / "data"), run_dir=str(root / "runs"), run_id=run_id,
+                  batch_size=2, epochs=2, eval_at=[1, 2], num_workers=0, log_interval=1,
+                  eval_batch_size=4, warmup=2, lr=5e-3, **kw)
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_tiny_training_run_folder_and_compliance(tiny):
+    from ssdwb.train import train
+
+    summary = train(tiny_config(tiny, "full"))
+    run = tiny / "runs" / "full"
+    assert summary["status"] == "success" and summary["iterations"] == 8
+    for name in ("config.json", "metrics.jsonl", "mlperf.log", "summary.json", "checkpoint.pt",
+                 "detections_epoch1.json", "detections_epoch2.json"):
+        assert (run / name).exists(), name
+    m = lines(run / "metrics.jsonl")
+    losses = [x["loss"] for x in m if "loss" in x]
+    assert len(losses) == 8 and sum(losses[-4:]) / 4 < 0.75 * sum(losses[:2]) / 2  # it falls
+    evals = [x for x in m if x.get("eval")]
+    assert [e["epoch"] for e in evals] == [1, 2] and set(evals[0]) >= {"mAP", "AP50", "ARl"}
+    assert json.loads((run / "config.json").read_text())["run_id"] == "full"
+    out = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage",
+                          "training", "--ruleset", "0.6.0", str(run / "mlperf.log")],
+                         capture_output=True, text=True, cwd=tiny)
+    assert "SUCCESS" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_resume_gives_the_same_metrics(tiny):
+    from ssdwb.train import train
+
+    ref = tiny / "runs" / "full"
+    if not ref.exists():
+        train(tiny_config(tiny, "full"))
+    first = train(tiny_config(tiny, "cut", max_iters=4))  # stops at the end of epoch 1
+    assert first["status"] == "aborted"
+    resumed = train(resume=tiny / "runs" / "cut", overrides=["max_iters=0"])
+    assert resumed["status"] == "success" and resumed["iterations"] == 8
+
+    def values(path):
+        return [{k: v for k, v in x.items() if k != "images_per_s"} for x in lines(path)]
+
+    assert values(tiny / "runs" / "cut" / "metrics.jsonl") == values(ref / "metrics.jsonl")
+    out = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage",
+                          "training", "--ruleset", "0.6.0",
+                          str(tiny / "runs" / "cut" / "mlperf.log")],
+                         capture_output=True, text=True, cwd=tiny)
+    assert "SUCCESS" in out.stdout + out.stderr
+
+
+def test_missing_dataset_message(tmp_path):
+    from ssdwb.train import resolve_data
+
+    with pytest.raises(FileNotFoundError, match="ssdwb data synth"):
+        resolve_data(tmp_path)
+
+
+def test_coco_eval_backends_agree_and_empty_is_zero(tiny):
+    import numpy as np
+
+    from ssdwb.data.coco import load_coco_json
+    from ssdwb.evaluate import STAT_KEYS, coco_eval
+
+    gt = load_coco_json(tiny / "data" / "annotations" / "instances_val.json")
+    rng = np.random.default_rng(0)
+    rows = [[a["image_id"], *(np.array(a["bbox"]) + rng.normal(0, 2, 4)), rng.random(),
+             a["category_id"]] for a in gt.dataset["annotations"] if rng.random() < 0.7]
+    rows += [[1, 5, 5, 20, 20, 0.3, gt.dataset["categories"][-1]["id"]]]  # a false positive
+    arr = np.array(rows)
+    a, b = coco_eval(gt, arr, "pycocotools"), coco_eval(gt, arr, "faster-coco-eval")
+    assert set(a) == set(STAT_KEYS)
+    for k in STAT_KEYS:
+        assert a[k] == pytest.approx(b[k], abs=1e-4)
+    assert 0 < a["mAP"] < 1
+    assert coco_eval(gt, [], "faster-coco-eval") == dict.fromkeys(STAT_KEYS, 0.0)
