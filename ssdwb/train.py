@@ -455,7 +455,7 @@ def _demo_cmd(args) -> int:
 
 
 # The demo's synthetic dataset size.
-PRESETS_DATA = {"num_train": 600, "num_val": 100, "seed": 0}
+PRESETS_DATA = {"num_train": 240, "num_val": 48, "seed": 0}
 
 
 def add_subcommands(sub) -> None:

@@ -147,3 +147,31 @@ def test_coco_eval_backends_agree_and_empty_is_zero(tiny):
         assert a[k] == pytest.approx(b[k], abs=1e-4)
     assert 0 < a["mAP"] < 1
     assert coco_eval(gt, [], "faster-coco-eval") == dict.fromkeys(STAT_KEYS, 0.0)
+
+
+def test_sigusr1_checkpoints_and_the_run_resumes(tiny):
+    """What Slurm sends before a time limit: checkpoint at the next iteration, exit, resume."""
+    import os
+    import signal
+    import time
+
+    run = tiny / "runs" / "sig"
+    cmd = [sys.executable, "-m", "ssdwb.train", "--preset", "demo", "--set",
+           f"data_dir={tiny / 'data'}", f"run_dir={tiny / 'runs'}", "run_id=sig", "batch_size=2",
+           "epochs=2", "eval_at=[1, 2]", "num_workers=0", "log_interval=1", "eval_batch_size=4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "aborted" and "signal" in summary["reason"]
+    assert summary["iterations"] < 8 and (run / "checkpoint.pt").exists()
+    assert '"status": "aborted"' in (run / "mlperf.log").read_text()
+    done = subprocess.run([sys.executable, "-m", "ssdwb.train", "--resume", str(run)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "success" and summary["iterations"] == 8
