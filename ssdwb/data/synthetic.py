@@ -60,8 +60,8 @@ def _overlap(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def _image(rng: np.random.Generator, categories: list[dict]):
-    w, h = (int(v) for v in rng.integers(320, 641, size=2))
+def _image(rng: np.random.Generator, categories: list[dict], size=None):
+    w, h = (int(v) for v in rng.integers(320, 641, size=2)) if size is None else size
     img = _background(rng, w, h)
     draw = ImageDraw.Draw(img)
     objects = []
@@ -91,7 +91,8 @@ def _image(rng: np.random.Generator, categories: list[dict]):
 
 
 def make_shapes_coco(out_dir: str | os.PathLike, num_train: int = 1000, num_val: int = 200,
-                     seed: int = 0, shapes=SHAPES, colours=None, quality: int = 90) -> Path:
+                     seed: int = 0, shapes=SHAPES, colours=None, quality: int = 90,
+                     size: tuple[int, int] | None = None) -> Path:
     """Writes the synthetic dataset under ``out_dir`` and returns that path.
 
     Args:
@@ -99,6 +100,7 @@ def make_shapes_coco(out_dir: str | os.PathLike, num_train: int = 1000, num_val:
         seed: the only source of randomness (numpy PCG64): same seed, same files.
         shapes, colours: the category grid (names from ``SHAPES``; ``{name: (r, g, b)}``).
         quality: JPEG quality.
+        size: a fixed (width, height) for every image instead of random 320-640 px sides.
     """
     out = Path(out_dir)
     colours = COLOURS if colours is None else colours
@@ -115,7 +117,7 @@ def make_shapes_coco(out_dir: str | os.PathLike, num_train: int = 1000, num_val:
         (out / split).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for i in range(1, count + 1):
-            img, anns = _image(rng, categories)
+            img, anns = _image(rng, categories, size)
             name = f"{i:012d}.jpg"
             img.save(out / split / name, quality=quality)
             images.append({"id": i, "file_name": name, "width": img.width, "height": img.height})

@@ -1,0 +1,104 @@
+"""Training input pipeline throughput: ssdwb against the torchvision v2 equivalent.
+
+    .venv/bin/python bench/bench_data.py [--images 96] [--batch 32]
+
+Both pipelines read the same COCO-like JPEGs (640x480, synthetic shapes, 1-12 boxes) and produce
+normalised 300x300 float batches with encoded targets for 8732 default boxes:
+
+* ssdwb: ``CocoDetection`` + ``train_transform`` (the reference SSD crop, flip, resize, colour
+  jitter, on PIL) + ``Collate`` (batch normalisation, ``BoxCoder.encode_batch``);
+* torchvision v2, as a user would write it: ``RandomIoUCrop, RandomHorizontalFlip, Resize(300),
+  ColorJitter(0.125, 0.5, 0.5, 0.05), SanitizeBoundingBoxes, ToDtype, Normalize`` and, per image,
+  torchvision's SSD matcher + box coder.
+
+Printed: images/s per CPU core with workers=0 (one core) and with 2 workers (per core = total/2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torchvision import tv_tensors
+from torchvision.models.detection import _utils as det_utils
+from torchvision.ops import box_iou
+from torchvision.transforms import v2
+
+from ssdwb.anchors import dboxes300_coco
+from ssdwb.box_coder import BoxCoder
+from ssdwb.data import CocoDetection, build_loader, set_epoch, train_transform
+from ssdwb.data.synthetic import make_shapes_coco
+from ssdwb.data.transforms import MEAN, STD
+from ssdwb.runtime import tune_cpu_allocator
+
+ANCHORS = dboxes300_coco().ltrb
+
+
+class TorchvisionV2:
+    """What a torchvision user would write for the same augmentation."""
+
+    def __init__(self):
+        self.t = v2.Compose([
+            v2.ToImage(), v2.RandomIoUCrop(), v2.RandomHorizontalFlip(), v2.Resize((300, 300)),
+            v2.ColorJitter(0.125, 0.5, 0.5, 0.05), v2.SanitizeBoundingBoxes(),
+            v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+        self.matcher = det_utils.SSDMatcher(0.5)
+        self.coder = det_utils.BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+
+    def __call__(self, image, target):
+        w, h = image.size
+        boxes = tv_tensors.BoundingBoxes(target["boxes"] * torch.tensor([w, h, w, h]),
+                                         format="XYXY", canvas_size=(h, w))
+        img, out = self.t(image, {"boxes": boxes, "labels": target["labels"]})
+        gt = out["boxes"] / 300.0
+        matched = self.matcher(box_iou(gt, ANCHORS))
+        loc = self.coder.encode_single(gt[matched.clamp(min=0)], ANCHORS)
+        cls = torch.where(matched >= 0, out["labels"][matched.clamp(min=0)], 0)
+        return img, {"loc": loc, "cls": cls}
+
+
+def tv_collate(samples):
+    return torch.stack([s[0] for s in samples]), [s[1] for s in samples]
+
+
+def rate(loader, epochs: int = 1) -> float:
+    n, t = 0, time.perf_counter()
+    for epoch in range(epochs):
+        if hasattr(loader, "seed"):
+            set_epoch(loader, epoch)
+        for batch in loader:
+            n += (batch["images"] if isinstance(batch, dict) else batch[0]).shape[0]
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--images", type=int, default=96)
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    tune_cpu_allocator()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_shapes_coco(Path(tmp), num_train=args.images, num_val=1, size=(640, 480))
+        ann = root / "annotations" / "instances_train.json"
+        ours = CocoDetection(root / "train", ann, transform=train_transform())
+        theirs = CocoDetection(root / "train", ann, transform=TorchvisionV2())
+        coder = BoxCoder(dboxes300_coco())
+        for workers in (0, 2):
+            ours_loader = build_loader(ours, args.batch, train=True, num_workers=workers,
+                                       coder=coder)
+            tv_loader = torch.utils.data.DataLoader(theirs, args.batch, shuffle=True,
+                                                    num_workers=workers, collate_fn=tv_collate,
+                                                    drop_last=True)
+            rate(ours_loader), rate(tv_loader)  # warm the page cache
+            r_ours, r_tv = rate(ours_loader), rate(tv_loader)
+            cores = max(workers, 1)
+            print(f"workers={workers}: ssdwb {r_ours / cores:7.1f} img/s/core   torchvision v2 "
+                  f"{r_tv / cores:7.1f} img/s/core   ratio {r_ours / r_tv:4.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
