@@ -5,8 +5,10 @@ per image and per class 1..C-1, keep priors with softmax score > 0.05, take the 
 run greedy NMS that removes every box whose IoU with a kept box is >= 0.5, then keep the 200
 highest-scoring detections of the image over all classes.
 
-Score filtering and the per-class top-200 are one ``topk`` over the whole batch. NMS then runs on
-groups of one (image, class), which come out of the filter already contiguous and score-sorted:
+Score filtering and the per-class top-200 are done for the whole batch at once: one ``topk`` over
+all priors when most classes fill their 200 candidates (random logits), otherwise a sort of only
+the scores above the threshold (a trained model). NMS then runs on groups of one (image, class),
+which come out of the filter already contiguous and score-sorted:
 
 * ``"per_group"`` (default on CPU): ``torchvision.ops.nms`` on each group's slice. Exact float32
   IoUs, as the reference computes them. One call per group is what ``batched_nms`` itself does for

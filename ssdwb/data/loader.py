@@ -12,8 +12,9 @@ Where the boxes get encoded (``encode_on``):
   encodes the batch on the GPU (one batched call, ~1 ms for 8732 priors), which keeps the CPU
   workers free for JPEG decoding, the real bottleneck of a CPU input pipeline.
 
-On this CPU-only machine "worker" measures faster (``bench/bench_data.py`` prints both): on the
-device the encode would serialise with the step.
+The defaults are reasoned, not yet measured side by side: on CPU, encoding in the main process
+would serialise with the training step, while in the workers it overlaps with it; on CUDA the
+batched encode is cheap and the workers are better spent decoding.
 """
 
 from __future__ import annotations
