@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["MLPerfLogger"]
+__all__ = ["MLPerfLogger", "truncate_file"]
 
 
 class MLPerfLogger:
@@ -36,10 +36,11 @@ class MLPerfLogger:
 
     def truncate(self, offset: int) -> None:
         if self.enabled and self.path.exists():
-            _truncate_atomic(self.path, offset)
+            truncate_file(self.path, offset)
 
 
-def _truncate_atomic(path: Path, offset: int) -> None:
+def truncate_file(path: Path, offset: int) -> None:
+    """Cuts a file back to ``offset`` bytes, atomically (temp file + rename)."""
     data = path.read_bytes()[:offset]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ssdwb.config import PRESETS, TrainConfig, preset
+from ssdwb.mlperf import truncate_file
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,7 @@ class _Metrics:
 
     def truncate(self, offset: int) -> None:
         if self.path is not None and self.path.exists():
-            data = self.path.read_bytes()[:offset]
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, self.path)
+            truncate_file(self.path, offset)
 
 
 def _rng_state() -> dict:
