@@ -8,7 +8,12 @@ DATA ?= data/shapes
 # pytest workers: the machine has 2 cores.
 WORKERS ?= 2
 
-.PHONY: venv test lint demo bench clean
+NBVAL := build/nbval
+# Debian packages the browser and Slurm tests need; installed when missing and we are root
+# (CI), otherwise those tests skip and say why.
+SYSTEM_PACKAGES := chromium slurm-wlm munge shellcheck
+
+.PHONY: venv test lint demo bench clean system-deps notebooks-prepare
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +27,25 @@ venv: $(STAMP)
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: lint
-	$(PY) -m pytest -n $(WORKERS) --dist loadscope
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+		|| echo "could not install$$missing: the tests that need them will skip"; \
+	else echo "not root: not installing$$missing; the tests that need them will skip"; fi
+
+# The notebooks with small parameters (tests/nbval_prepare.py), then every test and notebook.
+# --dist loadscope keeps the cells of one notebook on one worker.
+notebooks-prepare: venv
+	rm -rf $(NBVAL)
+	$(PY) tests/nbval_prepare.py $(NBVAL)
+
+test: lint system-deps notebooks-prepare
+	$(PY) -m pytest -n $(WORKERS) --dist loadscope tests $(NBVAL) \
+		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 demo: venv
 	$(VENV)/bin/ssdwb demo --data $(DATA)
@@ -32,4 +54,4 @@ bench: venv
 	$(PY) bench/bench_core.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "anchors", "box_coder", "loss", "detect", "model", "data", "config", "distributed",
-    "train", "evaluate", "mlperf", "runtime", "cli",
+    "train", "evaluate", "mlperf", "runtime", "cli", "plots", "report", "runs", "notebooks",
 }
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["DefaultBoxes", "dboxes300_coco", "coverage", "SIZE_BINS"]
+__all__ = ["DefaultBoxes", "dboxes300_coco", "coverage", "coverage_summary", "SIZE_BINS"]
 
 
 @dataclass(frozen=True)
@@ -196,3 +196,27 @@ def coverage(dboxes: DefaultBoxes, gt_boxes: torch.Tensor, iou_threshold: float 
         "covered": best_iou_t > iou_threshold,
         "num_above": torch.cat(num_above),
     }
+
+
+def coverage_summary(dboxes: DefaultBoxes, gt_boxes: torch.Tensor, areas: torch.Tensor,
+                     iou_threshold: float = 0.5) -> dict:
+    """:func:`coverage` broken down the way the anchors notebook shows it.
+
+    Args:
+        gt_boxes (Tensor[N, 4]): (x1, y1, x2, y2) fractions of the image.
+        areas (Tensor[N]): each box's area in pixels of the original image (COCO's size bins).
+
+    Returns:
+        the :func:`coverage` tensors plus ``share`` and ``count`` dicts keyed ``all``, ``small``,
+        ``medium``, ``large`` (share of GT boxes covered; NaN for an empty bin), and
+        ``by_level`` (Tensor[L] int64: GT boxes whose best prior is on each level).
+    """
+    res = coverage(dboxes, gt_boxes, iou_threshold)
+    areas = torch.as_tensor(areas, dtype=torch.float64).reshape(-1)
+    masks = {"all": torch.ones_like(areas, dtype=torch.bool)}
+    masks.update({k: (areas >= lo) & (areas < hi) for k, (lo, hi) in SIZE_BINS.items()})
+    res["count"] = {k: int(m.sum()) for k, m in masks.items()}
+    res["share"] = {k: (float(res["covered"][m].float().mean()) if int(m.sum()) else math.nan)
+                    for k, m in masks.items()}
+    res["by_level"] = torch.bincount(res["best_level"], minlength=len(dboxes.levels))
+    return res

@@ -30,6 +30,7 @@ class TrainConfig:
     image_size: int = 300  # SSD300
     num_workers: int = 4  # loader processes per rank
     # model
+    model_width: float = 1.0  # channel multiplier: 1.0 is the reference model, 0.25 the CPU demo's
     backbone_weights: str | None = "imagenet"  # "imagenet" (TORCH_HOME), a state-dict path, or None
     amp: str = "off"  # off | fp16 (GradScaler) | bf16
     channels_last: bool = False  # NHWC convolutions: faster on tensor cores
@@ -153,14 +154,14 @@ class TrainConfig:
         return self.replace(**changes)
 
 
-# Named presets. "demo": the synthetic shapes set on this project's 2-core CPU machine, sized to
-# finish in a few minutes (full SSD300 trains at ~2.2 images/s there, so it shows the machinery,
-# not a converged detector).
+# Named presets. "demo": the synthetic shapes set on this project's 2-core CPU machine. The full
+# SSD300 trains at ~2.2 images/s there, so the demo uses the same design at a quarter of the
+# channels (model_width 0.25, ~15 images/s) from random init, with a larger LR to learn fast.
 PRESETS: dict[str, dict] = {
     "reference": {},
     "demo": {
-        "data_dir": "data/shapes", "backbone_weights": None, "image_size": 300,
-        "batch_size": 8, "lr": 2.5e-3, "warmup": 50, "weight_decay": 5e-4,
+        "data_dir": "data/shapes", "backbone_weights": None, "model_width": 0.25,
+        "image_size": 300, "batch_size": 16, "lr": 0.1, "warmup": 100, "weight_decay": 5e-4,
         "schedule_unit": "epochs", "eval_at": [1, 2], "lr_decay_at": [100],
         "epochs": 2, "num_workers": 1, "eval_batch_size": 16, "log_interval": 5,
         "target_map": 1.0, "device": "cpu",

@@ -23,7 +23,7 @@ from ssdwb.detect import postprocess
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STAT_KEYS", "coco_eval", "detections_to_coco", "infer", "evaluate"]
+__all__ = ["STAT_KEYS", "coco_eval", "coco_eval_details", "detections_to_coco", "infer", "evaluate"]
 
 STAT_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
              "ARl")
@@ -73,6 +73,49 @@ def coco_eval(coco_gt, results, backend: str = "faster-coco-eval") -> dict[str, 
     else:
         raise ValueError(f"backend must be 'faster-coco-eval' or 'pycocotools', not {backend!r}")
     return {k: float(v) for k, v in zip(STAT_KEYS, ev.stats[:12])}
+
+
+def coco_eval_details(coco_gt, results) -> dict:
+    """The reference ``COCOeval`` (pycocotools) kept open for plots: per-class AP and
+    precision-recall curves, beyond the 12 summary numbers.
+
+    Returns:
+        dict with ``stats`` (as :func:`coco_eval`), ``precision`` (ndarray [T, R, K, A, M]:
+        IoU thresholds x 101 recall points x classes x area ranges (all, small, medium, large)
+        x maxDets (1, 10, 100); -1 where a class has no GT), ``iou_thresholds``,
+        ``recall_thresholds``, ``cat_ids``, ``class_names`` and ``per_class_ap`` (name ->
+        AP@[.5:.95] at maxDets 100, NaN for a class without GT).
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    dataset = coco_gt if isinstance(coco_gt, dict) else coco_gt.dataset
+    if isinstance(results, np.ndarray):
+        results = array_to_results(results)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = dataset
+        gt.createIndex()
+        cat_ids = sorted(gt.getCatIds())
+        names = [gt.cats[c]["name"] for c in cat_ids]
+        if not results:
+            nan = np.full((10, 101, len(cat_ids), 4, 3), -1.0)
+            return {"stats": dict.fromkeys(STAT_KEYS, 0.0), "precision": nan,
+                    "iou_thresholds": np.linspace(0.5, 0.95, 10),
+                    "recall_thresholds": np.linspace(0, 1, 101), "cat_ids": cat_ids,
+                    "class_names": names, "per_class_ap": dict.fromkeys(names, 0.0)}
+        ev = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    prec = ev.eval["precision"]
+    per_class = {}
+    for k, name in enumerate(names):
+        p = prec[:, :, k, 0, -1]
+        per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
+    return {"stats": {k: float(v) for k, v in zip(STAT_KEYS, ev.stats[:12])}, "precision": prec,
+            "iou_thresholds": ev.params.iouThrs, "recall_thresholds": ev.params.recThrs,
+            "cat_ids": cat_ids, "class_names": names, "per_class_ap": per_class}
 
 
 def array_to_results(arr: np.ndarray) -> list[dict]:

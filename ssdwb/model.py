@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import ResNet34_Weights, resnet34
+from torchvision.models.resnet import BasicBlock
 
 __all__ = ["SSD300", "resnet34_backbone", "RESNET34_URL"]
 
@@ -79,6 +80,27 @@ def resnet34_backbone(weights: str | os.PathLike | None = None) -> nn.Sequential
     return nn.Sequential(rn.conv1, rn.bn1, rn.relu, rn.maxpool, rn.layer1, rn.layer2, rn.layer3)
 
 
+def narrow_resnet34_backbone(width: float) -> nn.Sequential:
+    """ResNet34's conv1..layer3 layout (3, 4, 6 BasicBlocks, layer3 at stride 1) with every
+    channel count multiplied by ``width``: the demo's small backbone (width 0.25 costs about
+    1/16 of the FLOPs). Random init only: there are no ImageNet weights for it."""
+    planes = [max(8, int(round(c * width))) for c in (64, 128, 256)]
+
+    def layer(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
+        down = None
+        if stride != 1 or cin != cout:
+            down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                 nn.BatchNorm2d(cout))
+        return nn.Sequential(BasicBlock(cin, cout, stride, down),
+                             *[BasicBlock(cout, cout) for _ in range(blocks - 1)])
+
+    return nn.Sequential(
+        nn.Conv2d(3, planes[0], 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(planes[0]),
+        nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1),
+        layer(planes[0], planes[0], 3, 1), layer(planes[0], planes[1], 4, 2),
+        layer(planes[1], planes[2], 6, 1))
+
+
 def _extra_block(cin: int, mid: int, cout: int, stride: int, padding: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, mid, kernel_size=1),
@@ -94,6 +116,9 @@ class SSD300(nn.Module):
     Args:
         num_classes: classes including background (81 for COCO).
         backbone_weights: see :func:`resnet34_backbone`.
+        width: channel multiplier. 1.0 is the reference model; smaller values build the same
+            layout with ``width`` times the channels everywhere (backbone, extra blocks; the
+            heads keep their box/class outputs), e.g. 0.25 for the CPU demo.
 
     Forward:
         images (Tensor[B, 3, 300, 300]) normalised -> ``(ploc (Tensor[B, 4, 8732]),
@@ -101,17 +126,29 @@ class SSD300(nn.Module):
         (outputs then come in the autocast dtype).
     """
 
-    def __init__(self, num_classes: int = 81, backbone_weights: str | os.PathLike | None = None):
+    def __init__(self, num_classes: int = 81, backbone_weights: str | os.PathLike | None = None,
+                 width: float = 1.0):
         super().__init__()
         self.num_classes = num_classes
-        self.backbone = resnet34_backbone(backbone_weights)
-        c = OUT_CHANNELS
+        self.width = width
+        if width == 1.0:
+            self.backbone = resnet34_backbone(backbone_weights)
+        elif backbone_weights is not None:
+            raise ValueError(f"backbone_weights={backbone_weights!r} needs width=1.0 (there are no "
+                             f"pretrained weights for width {width})")
+        else:
+            self.backbone = narrow_resnet34_backbone(width)
+
+        def ch(n: int) -> int:
+            return max(8, int(round(n * width)))
+
+        c = [ch(n) for n in OUT_CHANNELS]
         self.extra = nn.ModuleList([
-            _extra_block(c[0], 256, c[1], 2, 1),
-            _extra_block(c[1], 256, c[2], 2, 1),
-            _extra_block(c[2], 128, c[3], 2, 1),
-            _extra_block(c[3], 128, c[4], 1, 0),
-            _extra_block(c[4], 128, c[5], 1, 0),
+            _extra_block(c[0], ch(256), c[1], 2, 1),
+            _extra_block(c[1], ch(256), c[2], 2, 1),
+            _extra_block(c[2], ch(128), c[3], 2, 1),
+            _extra_block(c[3], ch(128), c[4], 1, 0),
+            _extra_block(c[4], ch(128), c[5], 1, 0),
         ])
         self.loc = nn.ModuleList(
             nn.Conv2d(ch, nd * 4, kernel_size=3, padding=1) for nd, ch in zip(NUM_DEFAULTS, c))

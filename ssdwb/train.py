@@ -237,7 +237,8 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
         raise ValueError(f"{paths['train_ann']}: {len(train_ds)} images is less than one global "
                          f"batch of {config.global_batch(dist.world_size)}")
 
-    model = SSD300(num_classes=train_ds.num_classes, backbone_weights=config.backbone_weights)
+    model = SSD300(num_classes=train_ds.num_classes, backbone_weights=config.backbone_weights,
+                   width=config.model_width)
     model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -320,7 +321,14 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
             ddp.train()
             bar = tqdm(total=iters_per_epoch, initial=skip, desc=f"epoch {ep}", disable=not main,
                        mininterval=5, leave=False)
-            for i, batch in enumerate(train_loader):
+            # Resuming mid-epoch: in-process loading starts at batch `skip` (the restored RNG
+            # state is the one batch `skip` saw); worker processes are re-seeded per epoch, so
+            # they replay the skipped batches to reach the same RNG streams.
+            first = 0
+            if skip and train_loader.num_workers == 0:
+                train_loader.sampler.skip_batches(skip, train_loader.batch_size)
+                first = skip
+            for i, batch in enumerate(train_loader, start=first):
                 if i < skip:
                     continue
                 lr = config.lr_at(iteration, dist.world_size, iters_per_epoch)
@@ -429,7 +437,7 @@ def _eval_cmd(args) -> int:
     config = TrainConfig.from_dict(ckpt["config"], args.checkpoint)
     paths = resolve_data(args.data or config.data_dir)
     ds = CocoDetection(paths["val_images"], paths["val_ann"], transform=val_transform())
-    model = SSD300(num_classes=ds.num_classes)
+    model = SSD300(num_classes=ds.num_classes, width=config.model_width)
     model.load_state_dict(ckpt["model"])
     loader = build_loader(ds, args.batch_size, train=False, num_workers=args.workers)
     stats, _ = evaluate(model, loader, BoxCoder(dboxes300_coco()), ds, torch.device("cpu"),
@@ -439,21 +447,36 @@ def _eval_cmd(args) -> int:
 
 
 def _demo_cmd(args) -> int:
-    from ssdwb.data.synthetic import make_shapes_coco
+    """The README's demo: the training notebook on the synthetic set, then the run's report."""
+    from ssdwb.notebooks import execute
+    from ssdwb.report import render_report
+    from ssdwb.runs import ensure_shapes, resolve_path
 
-    data = Path(args.data)
-    if not (data / "annotations" / "instances_train.json").exists():
-        print(f"[ssdwb] generating the synthetic dataset in {data} ...", flush=True)
-        make_shapes_coco(data, **PRESETS_DATA)
-    config = preset("demo", data_dir=str(data)).with_overrides(args.set or [])
-    summary = train(config)
-    print(f"[ssdwb] demo run folder: {summary['run_dir']}")
+    data = ensure_shapes(args.data)
+    run_id = args.run_id or time.strftime("demo-%Y%m%d-%H%M%S")
+    run = resolve_path(args.run_dir) / run_id
+    params = {"preset": "demo", "data_dir": str(data), "run_dir": str(run.parent),
+              "run_id": run_id, "extra": list(args.set or [])}
+    print(f"[ssdwb] training notebook -> {run / 'train.ipynb'}", flush=True)
+    execute("train", run / "train.ipynb", params)
+    report = render_report(run)
+    summary = json.loads((run / "summary.json").read_text())
+    print(f"[ssdwb] demo run folder: {run}")
     print(f"[ssdwb] final mAP@[.5:.95] on the synthetic val split: {summary['final_map']:.4f}")
+    print(f"[ssdwb] report: {report}")
     return 0 if summary["status"] == "success" else 1
 
 
-# The demo's synthetic dataset size.
-PRESETS_DATA = {"num_train": 240, "num_val": 48, "seed": 0}
+def _report_cmd(args) -> int:
+    from ssdwb.report import render_report
+
+    try:
+        out = render_report(args.run_dir, args.out, show_code=args.show_code)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
 
 
 def add_subcommands(sub) -> None:
@@ -472,10 +495,21 @@ def add_subcommands(sub) -> None:
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--workers", type=int, default=0)
     ev.set_defaults(func=_eval_cmd)
-    demo = sub.add_parser("demo", help="train the demo preset on the synthetic dataset")
-    demo.add_argument("--data", default="data/shapes")
-    demo.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    demo = sub.add_parser("demo", help="the training notebook with the demo preset on the "
+                          "synthetic dataset, then the run's HTML report")
+    demo.add_argument("--data", default="data/shapes", help="generated there on first use")
+    demo.add_argument("--run-dir", default="runs")
+    demo.add_argument("--run-id", default="", help="default: demo-<timestamp>")
+    demo.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="change preset fields")
     demo.set_defaults(func=_demo_cmd)
+    rep = sub.add_parser("report", help="a run's executed notebooks -> runs/<id>/report.html")
+    rep.add_argument("run_dir")
+    rep.add_argument("--out", help="default: RUN_DIR/report.html")
+    rep.add_argument("--show-code", action="store_true", help="keep the code of every cell")
+    rep.set_defaults(func=_report_cmd)
+    from ssdwb.notebooks import add_subcommand
+
+    add_subcommand(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd")
     add_subcommands(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "eval", "demo"):
+    if not argv or argv[0] not in ("train", "eval", "demo", "report", "notebook"):
         argv = ["train", *argv]
     args = ap.parse_args(argv)
     return int(args.func(args))

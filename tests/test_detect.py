@@ -102,3 +102,31 @@ def test_trained_like_logits_take_the_filtered_path(dboxes):
     assert (probs > 0.05).sum() < 2 * 3 * 80 * 200  # the filtered path's condition
     out = compare_with_reference(ploc, plabel, dboxes)
     assert 0 < (out[1][1] == 4).sum() <= 200
+
+
+def test_perfect_predictions_score_map_one(tmp_path):
+    """End to end through encode -> offsets -> postprocess -> COCO results -> coco_eval: a model
+    that outputs the encoded ground truth exactly must score mAP ~1 (catches any mismatch of
+    box formats, prior order, label maps or pixel conversion between training and evaluation)."""
+    import numpy as np
+
+    from ssdwb.anchors import dboxes300_coco
+    from ssdwb.box_coder import BoxCoder
+    from ssdwb.data import CocoDetection, build_loader, val_transform
+    from ssdwb.data.synthetic import make_shapes_coco
+    from ssdwb.evaluate import coco_eval, detections_to_coco
+
+    root = make_shapes_coco(tmp_path / "s", num_train=1, num_val=6, seed=5)
+    ds = CocoDetection(root / "val", root / "annotations" / "instances_val.json",
+                       transform=val_transform())
+    coder = BoxCoder(dboxes300_coco())
+    parts = []
+    for b in build_loader(ds, 3, train=False, num_workers=0):
+        gloc, glabel = coder.encode_batch(b["boxes"], b["labels"])
+        ploc = coder.offsets(gloc).transpose(1, 2)
+        plabel = 20.0 * torch.nn.functional.one_hot(glabel, ds.num_classes).float().transpose(1, 2)
+        dets = postprocess(ploc, plabel, coder)
+        parts.append(detections_to_coco(dets, b["image_ids"], b["orig_sizes"], ds.label_to_cat))
+    stats = coco_eval(ds.coco, np.concatenate(parts))
+    assert stats["AP50"] == pytest.approx(1.0, abs=1e-6)
+    assert stats["mAP"] > 0.99

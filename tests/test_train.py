@@ -70,9 +70,10 @@ def tiny(tmp_path_factory):
 
 
 def tiny_config(root, run_id, **kw):
+    kw = {"batch_size": 2, "epochs": 2, "eval_at": [1, 2], "num_workers": 0, "log_interval": 1,
+          "eval_batch_size": 4, "warmup": 2, "lr": 5e-3, **kw}
     return preset("demo", data_dir=str(root / "data"), run_dir=str(root / "runs"), run_id=run_id,
-                  batch_size=2, epochs=2, eval_at=[1, 2], num_workers=0, log_interval=1,
-                  eval_batch_size=4, warmup=2, lr=5e-3, **kw)
+                  **kw)
 
 
 def lines(path):
@@ -100,24 +101,28 @@ def test_tiny_training_run_folder_and_compliance(tiny):
     assert "SUCCESS" in out.stdout + out.stderr, out.stdout + out.stderr
 
 
-def test_resume_gives_the_same_metrics(tiny):
+@pytest.mark.parametrize("cut,workers", [(4, 0), (6, 0), (6, 1)],
+                         ids=["epoch-end", "mid-epoch", "mid-epoch-worker"])
+def test_resume_gives_the_same_metrics(tiny, cut, workers):
+    """4 iterations per epoch: cut=4 stops at the end of epoch 1, cut=6 half-way through 2."""
     from ssdwb.train import train
 
-    ref = tiny / "runs" / "full"
+    ref = tiny / "runs" / f"full-w{workers}"
     if not ref.exists():
-        train(tiny_config(tiny, "full"))
-    first = train(tiny_config(tiny, "cut", max_iters=4))  # stops at the end of epoch 1
-    assert first["status"] == "aborted"
-    resumed = train(resume=tiny / "runs" / "cut", overrides=["max_iters=0"])
+        train(tiny_config(tiny, ref.name, num_workers=workers))
+    name = f"cut{cut}-w{workers}"
+    first = train(tiny_config(tiny, name, max_iters=cut, num_workers=workers))
+    assert first["status"] == "aborted" and first["iterations"] == cut
+    resumed = train(resume=tiny / "runs" / name, overrides=["max_iters=0"])
     assert resumed["status"] == "success" and resumed["iterations"] == 8
 
     def values(path):
         return [{k: v for k, v in x.items() if k != "images_per_s"} for x in lines(path)]
 
-    assert values(tiny / "runs" / "cut" / "metrics.jsonl") == values(ref / "metrics.jsonl")
+    assert values(tiny / "runs" / name / "metrics.jsonl") == values(ref / "metrics.jsonl")
     out = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage",
                           "training", "--ruleset", "0.6.0",
-                          str(tiny / "runs" / "cut" / "mlperf.log")],
+                          str(tiny / "runs" / name / "mlperf.log")],
                          capture_output=True, text=True, cwd=tiny)
     assert "SUCCESS" in out.stdout + out.stderr
 

@@ -123,6 +123,28 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def all_boxes(self) -> dict[str, torch.Tensor]:
+        """Every kept ground-truth box of the dataset, for statistics.
+
+        Returns:
+            dict with ``boxes`` (Tensor[N, 4] (x1, y1, x2, y2) fractions), ``labels``
+            (Tensor[N]), ``areas`` (Tensor[N] float64: box area in pixels of the original image,
+            for COCO's small/medium/large bins) and ``index`` (Tensor[N]: dataset index).
+        """
+        boxes = [self.targets[i][0] for i in self.ids]
+        counts = torch.tensor([len(b) for b in boxes])
+        if not boxes or int(counts.sum()) == 0:
+            z = torch.zeros(0)
+            return {"boxes": z.reshape(0, 4), "labels": z.long(), "areas": z.double(),
+                    "index": z.long()}
+        index = torch.repeat_interleave(torch.arange(len(boxes)), counts)
+        hw = torch.tensor([[self.coco.imgs[i]["height"], self.coco.imgs[i]["width"]]
+                           for i in self.ids], dtype=torch.float64)[index]
+        b = torch.cat(boxes)
+        wh = (b[:, 2:] - b[:, :2]).double()
+        return {"boxes": b, "labels": torch.cat([self.targets[i][1] for i in self.ids]),
+                "areas": wh[:, 0] * hw[:, 1] * wh[:, 1] * hw[:, 0], "index": index}
+
     def image_path(self, index: int) -> Path:
         return self.image_dir / self.coco.imgs[self.ids[index]]["file_name"]
 

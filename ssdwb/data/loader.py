@@ -56,10 +56,34 @@ class Collate:
 
 
 def _worker_init(worker_id: int) -> None:
+    import signal
+
     from ssdwb.runtime import tune_cpu_allocator
 
     torch.set_num_threads(1)  # workers share the cores with the training step
     tune_cpu_allocator()
+    # Slurm signals every process of a job step: USR1/TERM are for the training process, which
+    # checkpoints and then shuts its workers down (they also exit when their parent dies).
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class ShardSampler(DistributedSampler):
+    """``DistributedSampler`` that can start an epoch part-way: ``skip_batches(n, batch_size)``
+    drops the first ``n`` batches of the next pass without loading them.
+
+    Resuming mid-epoch must not load the skipped batches when ``num_workers=0``: their random
+    augmentations would consume the restored RNG state of the training process."""
+
+    start = 0
+
+    def skip_batches(self, n: int, batch_size: int) -> None:
+        self.start = n * batch_size
+
+    def __iter__(self):
+        indices = list(super().__iter__())[self.start:]
+        self.start = 0  # only the pass that resumes is shortened
+        return iter(indices)
 
 
 def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None = None,
@@ -82,7 +106,7 @@ def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None
     world = world_size or (torch.distributed.get_world_size() if distributed else 1)
     rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
     drop_last = train if drop_last is None else drop_last
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed,
+    sampler = ShardSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed,
                                  drop_last=drop_last)
     if encode_on not in ("worker", "device"):
         raise ValueError(f"encode_on must be 'worker' or 'device', not {encode_on!r}")

@@ -35,8 +35,8 @@ from torchvision.ops import box_iou
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["SSDRandomCrop", "train_transform", "val_transform", "normalize", "MEAN", "STD",
-           "CROP_OPTIONS"]
+__all__ = ["SSDRandomCrop", "train_transform", "val_transform", "normalize", "augmentation_stats",
+           "MEAN", "STD", "CROP_OPTIONS"]
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -142,3 +142,35 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
     return images.float().div_(255).sub_(mean).div_(std)
+
+
+def augmentation_stats(dataset, num_draws: int = 200, seed: int = 0, size: int = 300) -> dict:
+    """Runs the training augmentation ``num_draws`` times over ``dataset`` (cycling through its
+    images) and reports what it did.
+
+    Args:
+        dataset: a :class:`ssdwb.data.CocoDetection` (its own transform is not used).
+
+    Returns:
+        dict of numpy arrays, one entry per draw unless noted: ``option`` (index into
+        ``CROP_OPTIONS``), ``kept`` / ``dropped`` (boxes), ``flip`` (bool), and per box
+        ``size_before`` / ``size_after`` (sqrt of the box area as a fraction of the image,
+        before the crop and after it, i.e. relative to the 300x300 network input).
+    """
+    import numpy as np
+
+    transform = TrainTransform(size)
+    torch.manual_seed(seed)
+    out = {"option": [], "kept": [], "dropped": [], "flip": [], "size_before": [],
+           "size_after": []}
+    for d in range(num_draws):
+        image, target = dataset.raw(d % len(dataset))
+        _, t = transform(image, target)
+        a = t["augment"]
+        for k in ("option", "kept", "dropped", "flip"):
+            out[k].append(a[k])
+        for key, boxes in (("size_before", target["boxes"]), ("size_after", t["boxes"])):
+            wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
+            out[key].append((wh[:, 0] * wh[:, 1]).sqrt().numpy())
+    return {k: (np.concatenate(v) if k.startswith("size") else np.asarray(v))
+            for k, v in out.items()}

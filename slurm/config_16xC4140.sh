@@ -1,0 +1,19 @@
+#!/bin/bash
+# 16 x Dell PowerEdge C4140 (64 x V100). Dell EMC shipped no 16-node SSD config. The global
+# batch is NVIDIA's 64-GPU MLPerf v0.6 SSD run's, 1536 (24 per GPU; SPEC.md). LR flag, weight
+# decay and warmup are Dell's values for its largest configs (4x and 8x C4140): an ssdwb choice,
+# not a published config.
+# Sourced by slurm/run.slurm; any variable can be overridden from the environment.
+export DGXNNODES=16                         # nodes
+export DGXNGPU=4                            # GPUs per node = ranks per node
+export BATCHSIZE=${BATCHSIZE:-24}           # per GPU: global batch 1536
+export LR=${LR:-3.2e-3}                     # Dell's base-LR flag, rounded by LR_SCALING=dell
+export LR_SCALING=${LR_SCALING:-dell}       # 2.5e-3 * max(1, round(LR/2.5e-3 * gbs/32))
+export WD=${WD:-1.3e-4}
+export WARMUP=${WARMUP:-650}                # iterations
+export EVAL_BATCHSIZE=${EVAL_BATCHSIZE:-160}
+export NUMEPOCHS=${NUMEPOCHS:-70}
+export PRESET=${PRESET:-reference}
+export DEVICE=${DEVICE:-cuda}
+export NUM_WORKERS=${NUM_WORKERS:-8}
+export WALLTIME=${WALLTIME:-00:40:00}

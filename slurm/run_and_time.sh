@@ -1,0 +1,58 @@
+#!/bin/bash
+# One rank of an ssdwb Slurm job (started by slurm/run.slurm through srun): runs
+# notebooks/train.ipynb with papermill and the config's parameters, then, on rank 0, renders the
+# run's report and prints the MLPerf-style result line
+#   RESULT,OBJECT_DETECTION,<seed>,<seconds from run start to stop>,<user>,<start time>
+# The seconds are the run's own training clock (summary.json: time_to_train_s, summed over
+# requeues); without a summary, the wall time of this step.
+set -euo pipefail
+
+rank=${SLURM_PROCID:-0}
+root=${SSDWB_ROOT:?}
+run="$LOGDIR/$RUN_ID"
+if [[ "$rank" == 0 ]]; then
+    out="$run/train.ipynb"
+else
+    out="$run/ranks/train_rank${rank}.ipynb"
+fi
+mkdir -p "$(dirname "$out")"
+
+if [[ -n "${CONTAINER:-}" ]]; then
+    ssdwb=(apptainer exec --nv --bind "$root,$DATADIR,$LOGDIR" "$CONTAINER" ssdwb)
+else
+    venv=${SSDWB_VENV:-$root/.venv}
+    ssdwb=("$venv/bin/ssdwb")
+fi
+
+params=(-r preset "$PRESET" -r data_dir "$DATADIR" -r run_dir "$LOGDIR" -r run_id "$RUN_ID"
+        -p resume "$RESUME" -p seed "$SEED" -p batch_size "$BATCHSIZE" -p lr "$LR"
+        -r lr_scaling "$LR_SCALING" -p weight_decay "$WD" -p warmup "$WARMUP"
+        -p eval_batch_size "$EVAL_BATCHSIZE" -p epochs "$NUMEPOCHS" -r device "$DEVICE"
+        -p num_workers "$NUM_WORKERS" -r amp "${AMP:-off}")
+[[ -n "${EVAL_AT:-}" ]] && params+=(-p eval_at "$EVAL_AT")
+# EXTRA="key=value ..." plus the MLPerf platform name, as the notebook's `extra` list (JSON).
+extra=$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1].split() + ["submission_platform=" + sys.argv[2]]))' \
+        "${EXTRA:-}" "$SYSTEM")
+params+=(-p extra "$extra")
+
+# Slurm signals every process of the step (proctrack), this shell included: keep the shell
+# alive (bash runs a trap only once the foreground command returns) so the notebook can
+# checkpoint and finish; `ssdwb notebook` passes the signal on to the kernel.
+trap 'echo "rank $rank: signal received; the run checkpoints and stops"' USR1 TERM
+
+start=$(date +%s)
+start_fmt=$(date +%Y-%m-%d\ %r)
+echo "STARTING TIMING RUN AT $start_fmt (rank $rank)"
+cd "$root"
+"${ssdwb[@]}" notebook train "$out" "${params[@]}" --no-progress
+end=$(date +%s)
+
+if [[ "$rank" == 0 ]]; then
+    "${ssdwb[@]}" report "$run" || echo "warning: no report for $run" >&2
+    seconds=$((end - start))
+    if [[ -f "$run/summary.json" ]]; then
+        seconds=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["time_to_train_s"]))' "$run/summary.json")
+    fi
+    echo "ENDING TIMING RUN AT $(date +%Y-%m-%d\ %r)"
+    echo "RESULT,OBJECT_DETECTION,${SEED},${seconds},${SLURM_JOB_USER:-${USER:-$(id -un)}},${start_fmt}"
+fi

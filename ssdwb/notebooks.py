@@ -1,0 +1,129 @@
+"""Running the project's notebooks with papermill: what ``make demo`` and ``slurm/run.slurm`` call.
+
+    ssdwb notebook train runs/<id>/train.ipynb -p run_id <id> -p epochs 3
+    ssdwb notebook anchors /tmp/anchors.ipynb -p data_dir data/coco
+
+The same as ``papermill notebooks/<name>.ipynb OUT -p ...`` with two differences that matter for
+batch jobs: values given with ``-p`` are parsed as JSON when they can be (``-p eval_at [1,2]``),
+and SIGTERM / SIGUSR1 sent to this process (Slurm's warning before a time limit or preemption)
+are passed on to the notebook's kernel, where ``ssdwb.train`` checkpoints and stops cleanly.
+Plain papermill would die of SIGUSR1 and leave the kernel running unwarned.
+
+The kernel is ``python3`` (this interpreter, as ipykernel registers it); JupyterLab users get the
+``ssdwb`` kernel that ``make`` installs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ssdwb.runs import project_root
+
+__all__ = ["NOTEBOOKS", "notebook_path", "execute", "add_subcommand"]
+
+NOTEBOOKS = ("anchors", "augmentations", "train", "results", "compare_runs")
+
+
+def notebook_path(name: str | os.PathLike) -> Path:
+    """A notebook by short name (``train``) or by path."""
+    p = Path(name)
+    if p.suffix == ".ipynb" and p.exists():
+        return p
+    candidate = project_root() / "notebooks" / f"{p.stem}.ipynb"
+    if candidate.exists():
+        return candidate
+    raise FileNotFoundError(f"no notebook {name!r}: give a path or one of {NOTEBOOKS}")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes (recursively) from /proc: the kernel papermill started, among others."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                kids = []
+            out += kids
+            todo += kids
+    return out
+
+
+def execute(notebook: str | os.PathLike, output: str | os.PathLike, parameters: dict | None = None,
+            kernel_name: str = "python3", forward_signals: bool = True, progress: bool = True,
+            cwd: str | os.PathLike | None = None):
+    """Executes a notebook with papermill (parameters injected after its ``parameters`` cell).
+
+    Returns the executed notebook node; raises papermill's ``PapermillExecutionError`` (the
+    output notebook is still written, with the failing cell marked) when a cell fails.
+    """
+    import papermill as pm
+
+    previous = {}
+    if forward_signals:
+        def forward(signum, frame):
+            for pid in _descendants(os.getpid()):
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                previous[s] = signal.signal(s, forward)
+            except ValueError:  # not the main thread
+                break
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return pm.execute_notebook(str(notebook_path(notebook)), str(output),
+                                   parameters=parameters or {}, kernel_name=kernel_name,
+                                   progress_bar=progress, cwd=str(cwd) if cwd else None)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _parse_value(raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _notebook_cmd(args) -> int:
+    params = {k: _parse_value(v) for k, v in (args.parameter or [])}
+    params.update({k: v for k, v in (args.parameter_raw or [])})
+    execute(args.notebook, args.output, params, kernel_name=args.kernel,
+            progress=not args.no_progress)
+    return 0
+
+
+def add_subcommand(sub) -> None:
+    nb = sub.add_parser("notebook", help="execute a project notebook with papermill")
+    nb.add_argument("notebook", help=f"one of {', '.join(NOTEBOOKS)} or a path")
+    nb.add_argument("output", help="where the executed notebook goes")
+    nb.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                    help="a parameter; the value is parsed as JSON when it can be")
+    nb.add_argument("-r", "--parameter-raw", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                    help="a parameter kept as a string")
+    nb.add_argument("-k", "--kernel", default="python3")
+    nb.add_argument("--no-progress", action="store_true")
+    nb.set_defaults(func=_notebook_cmd)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(prog="python -m ssdwb.notebooks")
+    add_subcommand(ap.add_subparsers(dest="cmd", required=True))
+    a = ap.parse_args(["notebook", *sys.argv[1:]])
+    sys.exit(a.func(a))
