@@ -118,7 +118,7 @@ def _check_run(run: Path) -> dict:
                      log), log[:2000]
     r = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage",
                         "training", "--ruleset", "0.6.0", str(run / "mlperf.log")],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, cwd=run)  # it writes a log to cwd
     assert r.returncode == 0, r.stdout + r.stderr
     assert (run / "train.ipynb").exists() and (run / "report.html").exists()
     for k in (1, 2, 3):  # every other rank ran the notebook too, in the same group of 4
