@@ -11,8 +11,10 @@ import sys
 def _data(args) -> int:
     if args.data_cmd == "synth":
         from ssdwb.data.synthetic import make_shapes_coco
+        from ssdwb.runs import DEMO_SHAPES
 
-        out = make_shapes_coco(args.out_dir, args.train, args.val, seed=args.seed)
+        shapes = DEMO_SHAPES if args.profile == "demo" else {}
+        out = make_shapes_coco(args.out_dir, args.train, args.val, seed=args.seed, **shapes)
         print(f"synthetic COCO-format dataset in {out}")
         return 0
     from ssdwb.data.download import DatasetError, download_coco, verify_coco
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--train", type=int, default=1000, help="train images")
     synth.add_argument("--val", type=int, default=200, help="val images")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--profile", choices=("full", "demo"), default="full",
+                       help="full: 320-640 px images, 1-12 objects from 12 px; demo: what "
+                            "`make demo` uses (300x300, 1-6 objects from 24 px)")
     dl = dsub.add_parser("download", help="fetch, md5-check and extract COCO 2017")
     dl.add_argument("datadir")
     dl.add_argument("--remove-zips", action="store_true", help="delete each zip once extracted")

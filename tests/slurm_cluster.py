@@ -19,8 +19,22 @@ import time
 from pathlib import Path
 
 
+def _install_packages() -> None:
+    """Debian's slurm-wlm and munge, when we are root and they are missing (``make test`` has
+    usually done this already; a plain ``pytest`` run gets them here)."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return
+    if all(shutil.which(t) for t in ("slurmctld", "slurmd", "sbatch", "munged", "munge")):
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "slurm-wlm",
+                    "munge"], env=env, capture_output=True)
+
+
 def missing_requirements() -> str | None:
-    """Why a local cluster cannot run here, or None."""
+    """Why a local cluster cannot run here, or None (installs the packages first if it can)."""
+    _install_packages()
     for tool in ("slurmctld", "slurmd", "sbatch", "munged", "munge"):
         if shutil.which(tool) is None:
             return (f"{tool} not found: install Debian's slurm-wlm and munge (`make test` does "

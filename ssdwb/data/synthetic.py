@@ -60,15 +60,16 @@ def _overlap(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def _image(rng: np.random.Generator, categories: list[dict], size=None):
+def _image(rng: np.random.Generator, categories: list[dict], size=None, max_objects: int = 12,
+           min_side: float = 12, max_side: float = 0.5):
     w, h = (int(v) for v in rng.integers(320, 641, size=2)) if size is None else size
     img = _background(rng, w, h)
     draw = ImageDraw.Draw(img)
     objects = []
-    for _ in range(int(rng.integers(1, 13))):
+    for _ in range(int(rng.integers(1, max_objects + 1))):
         cat = categories[int(rng.integers(len(categories)))]
         for _attempt in range(10):  # some overlap, but no object buried under another
-            side = float(np.exp(rng.uniform(np.log(12), np.log(0.5 * min(w, h)))))  # log-uniform
+            side = float(np.exp(rng.uniform(np.log(min_side), np.log(max_side * min(w, h)))))
             bw = max(8.0, side * rng.uniform(0.7, 1.3))
             bh = max(8.0, side * rng.uniform(0.7, 1.3))
             x1, y1 = round(rng.uniform(0, w - bw)), round(rng.uniform(0, h - bh))
@@ -92,7 +93,8 @@ def _image(rng: np.random.Generator, categories: list[dict], size=None):
 
 def make_shapes_coco(out_dir: str | os.PathLike, num_train: int = 1000, num_val: int = 200,
                      seed: int = 0, shapes=SHAPES, colours=None, quality: int = 90,
-                     size: tuple[int, int] | None = None) -> Path:
+                     size: tuple[int, int] | None = None, max_objects: int = 12,
+                     min_side: float = 12, max_side: float = 0.5) -> Path:
     """Writes the synthetic dataset under ``out_dir`` and returns that path.
 
     Args:
@@ -101,6 +103,9 @@ def make_shapes_coco(out_dir: str | os.PathLike, num_train: int = 1000, num_val:
         shapes, colours: the category grid (names from ``SHAPES``; ``{name: (r, g, b)}``).
         quality: JPEG quality.
         size: a fixed (width, height) for every image instead of random 320-640 px sides.
+        max_objects: 1 to this many objects per image.
+        min_side, max_side: object sides are log-uniform from ``min_side`` pixels to
+            ``max_side`` x the image's shorter side.
     """
     out = Path(out_dir)
     colours = COLOURS if colours is None else colours
@@ -117,7 +122,7 @@ def make_shapes_coco(out_dir: str | os.PathLike, num_train: int = 1000, num_val:
         (out / split).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for i in range(1, count + 1):
-            img, anns = _image(rng, categories, size)
+            img, anns = _image(rng, categories, size, max_objects, min_side, max_side)
             name = f"{i:012d}.jpg"
             img.save(out / split / name, quality=quality)
             images.append({"id": i, "file_name": name, "width": img.width, "height": img.height})
