@@ -44,7 +44,9 @@ start=$(date +%s)
 start_fmt=$(date +%Y-%m-%d\ %r)
 echo "STARTING TIMING RUN AT $start_fmt (rank $rank)"
 cd "$root"
-"${ssdwb[@]}" notebook train "$out" "${params[@]}" --no-progress
+log=()
+[[ "$rank" == 0 ]] && log=(--log-output)  # rank 0's prints (one line per eval) go to the job log
+"${ssdwb[@]}" notebook train "$out" "${params[@]}" --no-progress "${log[@]}"
 end=$(date +%s)
 
 if [[ "$rank" == 0 ]]; then

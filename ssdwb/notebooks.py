@@ -62,8 +62,10 @@ def _descendants(pid: int) -> list[int]:
 
 def execute(notebook: str | os.PathLike, output: str | os.PathLike, parameters: dict | None = None,
             kernel_name: str = "python3", forward_signals: bool = True, progress: bool = True,
-            cwd: str | os.PathLike | None = None):
+            cwd: str | os.PathLike | None = None, log_output: bool = False):
     """Executes a notebook with papermill (parameters injected after its ``parameters`` cell).
+    ``log_output`` echoes what the cells print (e.g. the per-evaluation lines) to this process's
+    log as they run; ``progress`` is papermill's cell-count bar.
 
     Returns the executed notebook node; raises papermill's ``PapermillExecutionError`` (the
     output notebook is still written, with the failing cell marked) when a cell fails.
@@ -88,7 +90,8 @@ def execute(notebook: str | os.PathLike, output: str | os.PathLike, parameters: 
     try:
         return pm.execute_notebook(str(notebook_path(notebook)), str(output),
                                    parameters=parameters or {}, kernel_name=kernel_name,
-                                   progress_bar=progress, cwd=str(cwd) if cwd else None)
+                                   progress_bar=progress, log_output=log_output,
+                                   cwd=str(cwd) if cwd else None)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -105,7 +108,7 @@ def _notebook_cmd(args) -> int:
     params = {k: _parse_value(v) for k, v in (args.parameter or [])}
     params.update({k: v for k, v in (args.parameter_raw or [])})
     execute(args.notebook, args.output, params, kernel_name=args.kernel,
-            progress=not args.no_progress)
+            progress=not args.no_progress, log_output=args.log_output)
     return 0
 
 
@@ -119,6 +122,7 @@ def add_subcommand(sub) -> None:
                     help="a parameter kept as a string")
     nb.add_argument("-k", "--kernel", default="python3")
     nb.add_argument("--no-progress", action="store_true")
+    nb.add_argument("--log-output", action="store_true", help="echo what the cells print")
     nb.set_defaults(func=_notebook_cmd)
 
 

@@ -18,6 +18,7 @@ __all__ = ["to_numpy_image", "draw_boxes", "show_sample", "draw_default_boxes", 
            "plot_map_curves"]
 
 _COLOURS = plt.get_cmap("tab20").colors
+MLPERF_TARGET = 0.23  # COCO box mAP@[.5:.95] on val2017 that ends an MLPerf SSD run
 
 
 def to_numpy_image(image) -> np.ndarray:
@@ -156,18 +157,24 @@ def plot_training(steps: list[dict], axes=None):
     return axes
 
 
-def plot_map(evals: list[dict], target: float = 0.23, ax=None, label: str | None = None):
-    """mAP@[.5:.95] (and AP50) per eval epoch against the target line."""
+def plot_map(evals: list[dict], target: float = MLPERF_TARGET, ax=None, label: str | None = None,
+             stop_at: float | None = None):
+    """mAP@[.5:.95] (and AP50) per eval epoch against the MLPerf target line (``target``), and
+    the run's own stopping threshold ``stop_at`` when it is another reachable value."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.4))
     ep = [e["epoch"] for e in evals]
     ax.plot(ep, [e["mAP"] for e in evals], "o-", label=label or "mAP@[.5:.95]")
     if label is None:
         ax.plot(ep, [e["AP50"] for e in evals], "s--", alpha=0.6, label="AP50")
-    ax.axhline(target, color="red", linestyle=":", label=f"target {target}")
+    ax.axhline(target, color="red", linestyle=":", label=f"MLPerf target {target}")
+    if stop_at is not None and stop_at < 1 and stop_at != target:
+        ax.axhline(stop_at, color="grey", linestyle="--", label=f"run stops at {stop_at}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("COCO box AP")
-    ax.set_ylim(0, max([target * 1.2] + [e.get("AP50", e["mAP"]) * 1.1 for e in evals]))
+    top = [target, stop_at if stop_at is not None and stop_at < 1 else 0]
+    ax.set_ylim(0, min(1.0, max([t * 1.2 for t in top]
+                                + [e.get("AP50", e["mAP"]) * 1.1 for e in evals])))
     ax.legend(fontsize=8)
     return ax
 
@@ -178,9 +185,10 @@ def plot_map_curves(runs, ax=None, target: float | None = None):
         _, ax = plt.subplots(figsize=(7, 3.8))
     for r in runs:
         ax.plot([e["epoch"] for e in r.evals], [e["mAP"] for e in r.evals], "o-", label=r.name)
-    target = runs[0].config.get("target_map", 0.23) if target is None and runs else target
-    if target is not None:
-        ax.axhline(target, color="red", linestyle=":", label=f"target {target}")
+    if target is None:  # the runs' own threshold when it is reachable, else MLPerf's
+        own = runs[0].config.get("target_map", MLPERF_TARGET) if runs else MLPERF_TARGET
+        target = own if own < 1 else MLPERF_TARGET
+    ax.axhline(target, color="red", linestyle=":", label=f"target {target}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("mAP@[.5:.95]")
     ax.legend(fontsize=8)

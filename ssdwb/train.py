@@ -458,7 +458,7 @@ def _demo_cmd(args) -> int:
     params = {"preset": "demo", "data_dir": str(data), "run_dir": str(run.parent),
               "run_id": run_id, "extra": list(args.set or [])}
     print(f"[ssdwb] training notebook -> {run / 'train.ipynb'}", flush=True)
-    execute("train", run / "train.ipynb", params)
+    execute("train", run / "train.ipynb", params, progress=False, log_output=True)
     report = render_report(run)
     summary = json.loads((run / "summary.json").read_text())
     print(f"[ssdwb] demo run folder: {run}")

@@ -22,7 +22,7 @@ from ssdwb.anchors import DefaultBoxes, coverage_summary
 from ssdwb.config import PRESETS, TrainConfig
 from ssdwb.notebooks import NOTEBOOKS, notebook_path
 from ssdwb.report import render_report
-from ssdwb.runs import config_diff, find_runs, latest_run, load_run, time_to_target
+from ssdwb.runs import config_diff, find_runs, latest_run, load_run, target_of, time_to_target
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,6 +145,11 @@ def test_runs_load_compare_and_time_to_target(tmp_path):
     assert config_diff(runs) == {"seed": [1, 2]}
     assert time_to_target(ra) == pytest.approx(100.0 * 20 / 30)  # first eval >= 0.23 at it 20
     assert time_to_target(runs[1]) is None
+    assert target_of(ra) == 0.23
+    ra.config["target_map"] = 1.0  # a run that never stops early (the demo): MLPerf's target
+    assert target_of(ra) == 0.23 and time_to_target(ra) == pytest.approx(100.0 * 20 / 30)
+    ra.config["target_map"] = 0.05
+    assert time_to_target(ra) == pytest.approx(100.0 * 10 / 30)
     assert latest_run(tmp_path).name == "b"
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_run(tmp_path)
