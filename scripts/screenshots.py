@@ -43,6 +43,14 @@ def anchors_png(browser, data_dir: Path, out: Path) -> None:
             page.wait_for_function(
                 "prev => { const i = document.querySelector('.widget-output img');"
                 " return i && i.getAttribute('src') !== prev; }", arg=before, timeout=60_000)
+            # the level change moves row and column too: each redraws; wait until it settles
+            img, same, last = page.locator(".widget-output img").first, 0, None
+            while same < 4:
+                page.wait_for_timeout(500)
+                src = img.get_attribute("src")
+                same, last = (same + 1, last) if src == last else (0, src)
+            img.evaluate("e => e.decode()")
+            img.scroll_into_view_if_needed()
             box = page.locator(".jp-OutputArea-output:has(.widget-dropdown)").first
             box.screenshot(path=str(out))
             page.close()
