@@ -98,12 +98,15 @@ def coco_eval_details(coco_gt, results) -> dict:
         gt.createIndex()
         cat_ids = sorted(gt.getCatIds())
         names = [gt.cats[c]["name"] for c in cat_ids]
-        if not results:
-            nan = np.full((10, 101, len(cat_ids), 4, 3), -1.0)
-            return {"stats": dict.fromkeys(STAT_KEYS, 0.0), "precision": nan,
+        if not results:  # nothing detected: AP 0 where there is GT, NaN where there is none
+            with_gt = {a["category_id"] for a in dataset.get("annotations", [])}
+            return {"stats": dict.fromkeys(STAT_KEYS, 0.0),
+                    "precision": np.full((10, 101, len(cat_ids), 4, 3), -1.0),
                     "iou_thresholds": np.linspace(0.5, 0.95, 10),
                     "recall_thresholds": np.linspace(0, 1, 101), "cat_ids": cat_ids,
-                    "class_names": names, "per_class_ap": dict.fromkeys(names, 0.0)}
+                    "class_names": names,
+                    "per_class_ap": {n: 0.0 if c in with_gt else float("nan")
+                                     for c, n in zip(cat_ids, names)}}
         ev = COCOeval(gt, gt.loadRes(results), iouType="bbox")
         ev.evaluate()
         ev.accumulate()

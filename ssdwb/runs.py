@@ -46,9 +46,10 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 def ensure_shapes(data_dir: str | os.PathLike = DEMO_DATA["dir"], num_train: int | None = None,
                   num_val: int | None = None, seed: int | None = None) -> Path:
-    """The synthetic dataset at ``data_dir``, generated on first use (the demo's sizes unless
-    given). A lock file keeps two notebooks or ranks from writing it at the same time; an
-    existing COCO-format dataset there is used as it is."""
+    """The synthetic dataset at ``data_dir``, generated on first use in the demo profile
+    (``DEMO_SHAPES``; ``DEMO_DATA``'s image counts and seed unless given). A lock file keeps two
+    notebooks or ranks from writing it at the same time; an existing COCO-format dataset there is
+    used as it is."""
     from ssdwb.data.synthetic import make_shapes_coco
 
     out = resolve_path(data_dir)

@@ -97,4 +97,9 @@ def test_jupyterlab_anchor_explorer_redraws(browser, lab):
     after = page.locator(".widget-output img").first
     assert after.get_attribute("src") != before
     assert after.screenshot() != shot_before
+    # the row / column sliders moved into level 2's 10x10 grid (from 18 on the 38x38 one)
+    readouts = page.locator(".widget-slider .widget-readout")
+    page.wait_for_function("() => [...document.querySelectorAll('.widget-slider .widget-readout')]"
+                           ".slice(0, 2).every(e => Number(e.textContent) <= 9)", timeout=30_000)
+    assert [int(readouts.nth(k).text_content()) for k in (0, 1)] == [4, 4]
     page.close()

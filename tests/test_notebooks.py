@@ -115,6 +115,9 @@ def test_coco_eval_details_matches_summary(shapes):
     assert d["stats"]["mAP"] == pytest.approx(np.mean(vals), abs=1e-9)
     empty = coco_eval_details(gt, [])
     assert empty["stats"]["mAP"] == 0.0
+    for cid, name in zip(empty["cat_ids"], empty["class_names"]):  # same convention as above
+        ap = empty["per_class_ap"][name]
+        assert math.isnan(ap) if cid not in present else ap == 0.0
 
 
 # --- run folders ------------------------------------------------------------------------------
@@ -180,6 +183,25 @@ def test_ensure_shapes_makes_the_demo_profile_once_under_concurrency(tmp_path):
     mtime = (target / "annotations" / "instances_val.json").stat().st_mtime
     ensure_shapes(target, 50, 50)  # present: not regenerated, whatever the sizes asked
     assert (target / "annotations" / "instances_val.json").stat().st_mtime == mtime
+
+
+def test_data_synth_profiles(tmp_path):
+    from ssdwb.cli import main
+    from ssdwb.runs import DEMO_SHAPES
+
+    def sizes(out):
+        ann = json.loads((out / "annotations" / "instances_train.json").read_text())
+        return ({(i["width"], i["height"]) for i in ann["images"]},
+                max(len([a for a in ann["annotations"] if a["image_id"] == i["id"]])
+                    for i in ann["images"]))
+
+    assert main(["data", "synth", str(tmp_path / "d"), "--train", "12", "--val", "2",
+                 "--profile", "demo"]) == 0
+    got, most = sizes(tmp_path / "d")
+    assert got == {DEMO_SHAPES["size"]} and most <= DEMO_SHAPES["max_objects"]
+    assert main(["data", "synth", str(tmp_path / "f"), "--train", "12", "--val", "2"]) == 0
+    got, _ = sizes(tmp_path / "f")
+    assert len(got) > 1 and all(320 <= s <= 640 for wh in got for s in wh)
 
 
 # --- reports -----------------------------------------------------------------------------------
