@@ -13,10 +13,12 @@
 ``encode_batch`` does the same for a batch: GT lists are padded to the longest one with a box far
 outside the image (IoU 0 with every prior, and ties go to the first, real GT), and the forced
 matches are a ``scatter_reduce`` (``amax`` over GT index, i.e. last GT wins) instead of the
-reference's per-image index assignment. On CPU the batch goes in blocks of consecutive images
-whose padded IoU block fits in L2 cache (``block_rows``): measured on this machine, one
-batch-sized [B, M, 8732] matrix streams through memory several times and is ~1.5x slower than
-blocks; on CUDA the whole batch is one block.
+reference's per-image index assignment. On CPU the images go in blocks, grouped by GT count so
+that little padding is needed, whose padded IoU block fits in L2 cache (``block_rows``): measured
+on this machine, one batch-sized [B, M, 8732] matrix streams through memory several times and is
+~1.5x slower than blocks; on CUDA the whole batch is one block. Each GT's best prior is
+``first_argmax`` (PyTorch's CPU ``argmax`` is an unvectorized loop, 4x slower). The outputs start
+as the default boxes with label 0 and only the positives (a few percent) are written.
 
 The IoU matrix is the hot spot (B x M x 8732). Default boxes form one grid per (level, box type):
 a prior's x1/x2 depend only on its column and y1/y2 only on its row, so the intersection is the
@@ -115,20 +117,54 @@ def offsets(boxes_xywh: torch.Tensor, dboxes_xywh: torch.Tensor, scale_xy: float
         dboxes_xywh (Tensor[P, 4]): default boxes (cx, cy, w, h).
     """
     inv_xy, inv_wh = 1.0 / scale_xy, 1.0 / scale_wh
-    gxy = inv_xy * (boxes_xywh[..., :2] - dboxes_xywh[:, :2]) / dboxes_xywh[:, 2:]
-    gwh = inv_wh * (boxes_xywh[..., 2:] / dboxes_xywh[:, 2:]).log()
-    return torch.cat([gxy, gwh], dim=-1)
+    num_p = dboxes_xywh.shape[0]
+    d = dboxes_xywh.to(boxes_xywh.device, torch.float32)
+    # One flat row of P*4 per image, so every op runs on contiguous memory: the interleaved
+    # [..., P, 4] slices of the plain formula are 3x slower, and log() of the xy lanes (zero or
+    # negative) takes a slow path. Per element the float ops are the reference's:
+    # xy: (inv_xy * (g - d)) / d_wh; wh: inv_wh * log((g - 0) * 1 / d_wh).
+    sub = torch.cat([d[:, :2], torch.zeros_like(d[:, :2])], 1).reshape(-1)
+    mul = torch.tensor([inv_xy, inv_xy, 1.0, 1.0], device=d.device).repeat(num_p)
+    div = d[:, 2:].repeat(1, 2).reshape(-1)
+    is_wh = torch.tensor([False, False, True, True], device=d.device).repeat(num_p)
+    flat = boxes_xywh.reshape(-1, num_p * 4)
+    out = torch.sub(flat, sub).mul_(mul).div_(div)
+    log_wh = torch.where(is_wh, out, 1.0).log_().mul_(inv_wh)
+    return torch.where(is_wh, log_wh, out).view(boxes_xywh.shape)
 
 
 def _blocks(counts: list[int], budget: int):
-    """Consecutive runs of images whose padded GT rows (images x longest) stay within budget."""
-    lo, longest = 0, 0
-    for i, c in enumerate(counts):
-        if i > lo and (i - lo + 1) * max(longest, c) > budget:
-            yield lo, i
-            lo, longest = i, 0
-        longest = max(longest, c)
-    yield lo, len(counts)
+    """Runs of images, in order of GT count, whose padded GT rows (images x longest) fit budget.
+
+    Yields index lists. Sorting by count first keeps the padding small: consecutive images with
+    1 and 30 GTs would pad the first to 30 rows.
+    """
+    order = sorted(range(len(counts)), key=counts.__getitem__)
+    block: list[int] = []
+    for i in order:  # ascending counts: the block's longest is always its last image
+        if block and (len(block) + 1) * counts[i] > budget:
+            yield block
+            block = []
+        block.append(i)
+    yield block
+
+
+def first_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(dim=-1)`` (first index on ties) for a 2-D float tensor, faster on CPU.
+
+    PyTorch's CPU argmax is a scalar loop, while ``amax`` is vectorized: take the max of
+    chunks, then the first chunk reaching the row's max, then the first index within that chunk.
+    Same result as ``argmax``, ties and NaN included: ``amax`` propagates NaN and ``argmax``
+    takes the first NaN as the maximum, so the first chunk holding a NaN is chosen.
+    """
+    n, p = x.shape
+    chunk = next((c for c in range(int(p ** 0.5) * 2, 31, -1) if p % c == 0), None)
+    if x.device.type != "cpu" or chunk is None or n == 0:
+        return x.argmax(dim=-1)
+    blocks = x.view(n, p // chunk, chunk)
+    which = blocks.amax(dim=2).argmax(dim=1)  # first chunk holding the row's max
+    inner = blocks[torch.arange(n, device=x.device), which].argmax(dim=1)
+    return which * chunk + inner
 
 
 class BoxCoder:
@@ -200,51 +236,60 @@ class BoxCoder:
         if len(labels) != bsz:
             raise ValueError(f"{bsz} box tensors but {len(labels)} label tensors")
         device = boxes[0].device
+        _, _, _, prior_xywh = self._on(device)
         num_p = self.num_priors
-        out_boxes = torch.empty(bsz, num_p, 4, device=device)
-        out_labels = torch.empty(bsz, num_p, dtype=torch.int64, device=device)
         counts = [int(b.shape[0]) for b in boxes]
+        out_boxes = prior_xywh.expand(bsz, num_p, 4).clone()  # unmatched priors keep their box
+        out_labels = torch.zeros(bsz, num_p, dtype=torch.int64, device=device)
+        if sum(counts) == 0:
+            return out_boxes, out_labels
+        gt = torch.cat([b.to(device, torch.float32).reshape(-1, 4) for b in boxes])  # [G, 4]
+        gt_labels = torch.cat([lb.to(device, torch.int64).reshape(-1) for lb in labels])
+        first_row = torch.tensor([0] + counts[:-1], device=device).cumsum(0)  # image -> GT row
+        # Per image and prior: the matched GT's row in ``gt`` (or -1), filled block by block.
+        matched = torch.full((bsz, num_p), -1, dtype=torch.int64, device=device)
         budget = self.block_rows if device.type == "cpu" else 1 << 30
-        for lo, hi in _blocks(counts, budget):
-            self._encode_block(boxes[lo:hi], labels[lo:hi], counts[lo:hi], iou_threshold,
-                               out_boxes[lo:hi], out_labels[lo:hi])
+        for block in _blocks(counts, budget):
+            if counts[block[-1]] == 0:
+                continue
+            idx = torch.tensor(block, device=device)
+            best_gt = self._match_block([boxes[i] for i in block], counts, block, iou_threshold)
+            matched[idx] = torch.where(best_gt >= 0, best_gt + first_row[idx, None], -1)
+        # Only the positives (a few percent of the priors) take their GT's box and label.
+        img, prior = (matched >= 0).nonzero(as_tuple=True)
+        rows = matched[img, prior]
+        out_boxes[img, prior] = ltrb_to_xywh(gt)[rows]
+        out_labels[img, prior] = gt_labels[rows]
         return out_boxes, out_labels
 
     # Padded GT rows per block on CPU: a [rows, 8732] float32 block is ~2 MiB, one L2 cache.
     block_rows = 64
 
-    def _encode_block(self, boxes, labels, counts, iou_threshold, out_boxes, out_labels) -> None:
-        device = out_boxes.device
-        _, _, _, prior_xywh = self._on(device)
-        bsz, num_p, m = len(boxes), self.num_priors, max(counts)
-        if m == 0:
-            out_boxes.copy_(prior_xywh.expand(bsz, -1, -1))
-            out_labels.zero_()
-            return
-        gt = torch.nn.utils.rnn.pad_sequence([b.to(device, torch.float32) for b in boxes],
+    def _match_block(self, boxes, counts, block, iou_threshold) -> torch.Tensor:
+        """Matched GT index within each image (Tensor[b, P], -1 for background) for one block."""
+        device = boxes[0].device
+        bsz, num_p = len(block), self.num_priors
+        m = max(counts[i] for i in block)
+        gt = torch.nn.utils.rnn.pad_sequence([b.to(device, torch.float32).reshape(-1, 4)
+                                              for b in boxes],
                                              batch_first=True, padding_value=_PAD_BOX)  # [b, M, 4]
-        gl = torch.nn.utils.rnn.pad_sequence([lb.to(device, torch.int64) for lb in labels],
-                                             batch_first=True)  # [b, M]
-        valid = torch.arange(m, device=device) < torch.tensor(counts, device=device)[:, None]
+        n = torch.tensor([counts[i] for i in block], device=device)
+        valid = torch.arange(m, device=device) < n[:, None]
 
         iou = self.iou(gt.reshape(-1, 4)).reshape(bsz, m, num_p)
         best_iou = iou.amax(dim=1)  # [b, P]: each prior's best IoU over its image's GTs
-        best_prior = iou.argmax(dim=2)  # [b, M]: each GT's best prior (first on ties)
+        best_prior = first_argmax(iou.view(bsz * m, num_p)).view(bsz, m)  # first on ties
 
         # Force each GT's best prior to that GT; later GTs win on a shared prior.
         gt_index = torch.arange(m, device=device).expand(bsz, m).masked_fill(~valid, -1)
         best_gt = torch.full((bsz, num_p), -1, dtype=torch.int64, device=device)
         best_gt.scatter_reduce_(1, best_prior, gt_index, reduce="amax")
-        forced = best_gt >= 0
-        positive = forced | (best_iou > iou_threshold)  # forced IoU is 2.0: strict > as reference
+        # forced IoU is 2.0 in the reference, so forced priors pass its strict > threshold
+        positive = (best_gt >= 0) | (best_iou > iou_threshold)
         # Only the few non-forced positives need to know which GT they matched (first on ties).
-        bi, pi = (positive & ~forced).nonzero(as_tuple=True)
+        bi, pi = (positive & (best_gt < 0)).nonzero(as_tuple=True)
         best_gt[bi, pi] = iou[bi, :, pi].argmax(dim=1)
-
-        best_gt.clamp_(min=0)
-        out_labels.copy_(torch.where(positive, gl.gather(1, best_gt), 0))
-        matched = ltrb_to_xywh(gt).gather(1, best_gt.unsqueeze(-1).expand(-1, -1, 4))
-        torch.where(positive.unsqueeze(-1), matched, prior_xywh, out=out_boxes)
+        return best_gt
 
     def offsets(self, boxes_xywh: torch.Tensor) -> torch.Tensor:
         """Regression targets (Tensor[..., P, 4]) of encoded boxes (Tensor[..., P, 4], xywh)."""

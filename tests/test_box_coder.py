@@ -75,6 +75,23 @@ def test_encode_batch_equals_reference_per_image(counts, seed, dboxes):
         assert torch.equal(one_b, boxes[b]) and torch.equal(one_l, labels[b])
 
 
+@pytest.mark.parametrize("block_rows", [64, 5])
+def test_encode_batch_in_several_blocks(block_rows, dboxes):
+    """Images are grouped by GT count into blocks; results go back to each image's own row."""
+    gen = torch.Generator().manual_seed(7)
+    counts = [30, 0, 3, 25, 1, 0, 12, 30, 7]
+    gts = [random_gt(gen, n) for n in counts]
+    coder = BoxCoder(dboxes)
+    coder.block_rows = block_rows
+    boxes, labels = coder.encode_batch([g[0] for g in gts], [g[1] for g in gts])
+    for b, (g, lab) in enumerate(gts):
+        if len(g) == 0:
+            assert labels[b].sum() == 0 and torch.equal(boxes[b], coder.encode(g, lab)[0])
+            continue
+        rb, rl = reference.encode(g, lab, dboxes.ltrb)
+        assert torch.equal(labels[b], rl) and torch.equal(boxes[b], rb)
+
+
 def test_round_trip_offsets_decode(dboxes):
     gen = torch.Generator().manual_seed(0)
     g, lab = random_gt(gen, 10)
@@ -104,6 +121,21 @@ def test_offsets_formula(dboxes):
     assert torch.allclose(off, expected, atol=1e-5)
 
 
+def test_offsets_bit_identical_to_reference_loc_vec(dboxes):
+    """The reference loss's _loc_vec, float32, in its [B, 4, P] layout and order of operations."""
+    gen = torch.Generator().manual_seed(3)
+    gts = [random_gt(gen, n) for n in (1, 7, 20)]
+    coder = BoxCoder(dboxes)
+    boxes, _ = coder.encode_batch([g[0] for g in gts], [g[1] for g in gts])
+    loc = boxes.transpose(1, 2)  # [B, 4, P]
+    d = dboxes.xywh.t().unsqueeze(0)  # [1, 4, P]
+    gxy = (1.0 / 0.1) * (loc[:, :2, :] - d[:, :2, :]) / d[:, 2:, :]
+    gwh = (1.0 / 0.2) * (loc[:, 2:, :] / d[:, 2:, :]).log()
+    want = torch.cat((gxy, gwh), dim=1).contiguous()
+    assert torch.equal(coder.offsets(boxes).transpose(1, 2), want)
+    assert torch.equal(coder.offsets(loc.transpose(1, 2)), coder.offsets(boxes))  # strided input
+
+
 def test_dtype_and_device_follow_inputs(dboxes):
     coder = BoxCoder(dboxes)
     g = torch.tensor([[0.1, 0.1, 0.4, 0.5]], dtype=torch.float64)
@@ -129,3 +161,14 @@ def test_encode_on_cuda_matches_cpu(dboxes):
     b, lb = coder.encode_batch([g], [lab])
     assert cb.device.type == "cuda"
     assert torch.equal(cl.cpu(), lb) and torch.allclose(cb.cpu(), b)
+
+
+@pytest.mark.parametrize("width", [8732, 1000, 37, 7])
+def test_first_argmax_equals_argmax_with_ties_and_nan(width):
+    from ssdwb.box_coder import first_argmax
+
+    gen = torch.Generator().manual_seed(width)
+    x = torch.randint(0, 4, (50, width), generator=gen).float()  # many ties
+    x[torch.rand(50, width, generator=gen) < 2.0 / width] = float("nan")
+    x[3] = float("-inf")
+    assert torch.equal(first_argmax(x), x.argmax(dim=1))
