@@ -5,22 +5,33 @@ per image and per class 1..C-1, keep priors with softmax score > 0.05, take the 
 run greedy NMS that removes every box whose IoU with a kept box is >= 0.5, then keep the 200
 highest-scoring detections of the image over all classes.
 
-Score filtering and the per-class top-200 are done for the whole batch at once: one ``topk`` over
-all priors when most classes fill their 200 candidates (random logits), otherwise a sort of only
-the scores above the threshold (a trained model). NMS then runs on groups of one (image, class),
-which come out of the filter already contiguous and score-sorted:
+Most of that work never reaches the output: with random logits an image has ~16,000 candidates
+(80 classes x 200) and keeps 200. A candidate's fate in greedy NMS depends only on the
+higher-scoring candidates of its class, so NMS over an image's best N entries (all classes, with
+every tie of the N-th) gives those entries their final keep flags; if at least 200 are kept,
+nothing below can enter the top 200. ``postprocess`` starts with N = 464 per image and grows N
+(x4) only for images where fewer than 200 survive. The whole batch goes through each step at
+once: one ``nonzero`` over the score threshold, one ``topk`` per round for the images' N-th
+scores, a table with one row per (image, class) for NMS.
 
-* ``"per_group"`` (default on CPU): ``torchvision.ops.nms`` on each group's slice. Exact float32
-  IoUs, as the reference computes them. One call per group is what ``batched_nms`` itself does for
-  large inputs, minus its ``where`` scan per class; a single call over all groups is no option on
-  CPU, where the kernel compares every kept box with every later box of any group (quadratic in
-  the batch's candidates: ~7 s for 4 images of random logits).
-* ``"per_image"`` (default on CUDA): one ``nms`` call per image, classes moved apart by offsets.
-  The offsets are added in float64, where every float32 coordinate plus an offset is exact
-  (torchvision's own float32 coordinate trick rounds small boxes' coordinates by ~1e-4).
+NMS, two strategies with the same result (tests compare them with each other, with
+``torchvision.ops.nms`` and with a plain greedy loop):
 
-torchvision removes IoU > threshold and the reference IoU >= threshold: we pass the largest double
-below the threshold, which turns ``>`` into ``>=`` for every float32 or float64 IoU.
+* ``"batched"`` (default): the prefix leaves a few boxes per (image, class) (~6 with random
+  logits, at most 16 in the bench), and ~2,500 separate ``torchvision.ops.nms`` calls would
+  spend their time in call overhead. Groups of up to 64 boxes go through one greedy pass over a
+  padded [groups, L, L] IoU table, with the float32 operations of torchvision's CPU kernel;
+  larger groups call ``torchvision.ops.nms``. One pass also suits CUDA (no per-group launches).
+* ``"per_group"``: ``torchvision.ops.nms`` on each (image, class) group, as ``batched_nms`` does
+  for large inputs.
+
+Both compute IoUs in float32 like the reference. (One per-image call with classes moved apart by
+offsets, ``batched_nms``'s trick for small inputs, is not offered: in float32 the offsets round
+coordinates, and in float64 the IoUs are no longer the reference's float32 ones.)
+The reference removes IoU >= threshold compared in float32, torchvision IoU > threshold in
+double: the ``nms`` calls get the largest double below the float32 threshold, which turns ``>``
+into ``>=`` for every float32 IoU. Two zero-area boxes at one place have IoU 0/0 = NaN and both
+stay, as in torchvision (the reference's ``iou < 0.5`` test would remove the second).
 """
 
 from __future__ import annotations
@@ -33,9 +44,10 @@ from torchvision.ops import nms
 from ssdwb.anchors import DefaultBoxes
 from ssdwb.box_coder import BoxCoder
 
-__all__ = ["postprocess", "Detections"]
+__all__ = ["postprocess", "Detections", "STRATEGIES"]
 
 Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes_ltrb [K,4], labels, scores
+STRATEGIES = ("batched", "per_group")
 
 
 def postprocess(ploc: torch.Tensor, plabel: torch.Tensor, dboxes: DefaultBoxes | BoxCoder,
@@ -48,73 +60,170 @@ def postprocess(ploc: torch.Tensor, plabel: torch.Tensor, dboxes: DefaultBoxes |
         ploc (Tensor[B, 4, P]): predicted offsets.
         plabel (Tensor[B, C, P]): class logits, class 0 = background.
         dboxes: the default boxes (or a ``BoxCoder`` built on them).
-        strategy: ``"per_group"`` or ``"per_image"`` NMS (see the module docstring); None picks
-            by device. Both give the same detections.
+        strategy: ``"batched"`` (default) or ``"per_group"`` NMS (see the module docstring).
+            Both give the same detections.
 
     Returns:
         B tuples ``(boxes (Tensor[K, 4]) in (x1, y1, x2, y2) fractions of the image, unclipped,
         labels (Tensor[K]) int64 in 1..C-1, scores (Tensor[K]))``, scores descending, K <= 200.
     """
+    strategy = strategy or "batched"
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
     coder = dboxes if isinstance(dboxes, BoxCoder) else BoxCoder(dboxes)
     boxes = coder.decode(ploc)  # [B, P, 4]
     scores = torch.softmax(plabel.float(), dim=1)[:, 1:, :]  # [B, C-1, P], background dropped
     bsz, ncls, num_p = scores.shape
-
-    # Per (image, class): the top candidates above the threshold, grouped and score-sorted.
+    dev = boxes.device
     k = min(candidates_per_class, num_p)
-    above = scores > score_threshold
-    if int(above.sum()) > 2 * bsz * ncls * k:  # most classes full: one topk over all priors
-        top_scores, top_idx = scores.topk(k, dim=2)  # [B, C-1, k], descending
-        img_i, cls_i, cand_i = (top_scores > score_threshold).nonzero(as_tuple=True)
-        cand_scores = top_scores[img_i, cls_i, cand_i]
-        prior_i = top_idx[img_i, cls_i, cand_i]
-    else:  # few survivors (a trained model): rank only them
-        img_i, cls_i, prior_i = above.nonzero(as_tuple=True)  # row-major: grouped
-        cand_scores = scores[img_i, cls_i, prior_i]
-        order = torch.argsort(cand_scores, descending=True, stable=True)
-        order = order[torch.argsort(img_i[order] * ncls + cls_i[order], stable=True)]
-        img_i, cls_i, prior_i, cand_scores = (img_i[order], cls_i[order], prior_i[order],
-                                              cand_scores[order])
-        group = img_i * ncls + cls_i
-        sizes = torch.bincount(group, minlength=bsz * ncls)
-        rank = torch.arange(group.shape[0], device=group.device) - (sizes.cumsum(0) - sizes)[group]
-        top = rank < k
-        img_i, cls_i, prior_i, cand_scores = img_i[top], cls_i[top], prior_i[top], cand_scores[top]
-    cand_boxes = boxes[img_i, prior_i]  # [K, 4]
-    group = img_i * ncls + cls_i
 
-    if strategy is None:
-        strategy = "per_image" if boxes.device.type == "cuda" else "per_group"
-    threshold = math.nextafter(nms_iou, 0.0)
-    if strategy == "per_group":
-        sizes = torch.bincount(group, minlength=bsz * ncls)
-        kept_parts, start = [], 0
-        for n in sizes[sizes > 0].tolist():  # groups are contiguous: nonzero() is row-major
-            kept_parts.append(nms(cand_boxes[start:start + n], cand_scores[start:start + n],
-                                  threshold) + start)
-            start += n
-    elif strategy == "per_image":
-        sizes = torch.bincount(img_i, minlength=bsz)
-        kept_parts, start = [], 0
-        for n in sizes[sizes > 0].tolist():
-            b = cand_boxes[start:start + n].double()
-            shift = (b.max() - b.min()).item() + 1.0  # > any box's extent: groups never touch
-            b = b + (cls_i[start:start + n].double() * shift).unsqueeze(1)
-            kept_parts.append(nms(b, cand_scores[start:start + n].double(), threshold) + start)
-            start += n
-    else:
-        raise ValueError(f"strategy must be 'per_group' or 'per_image', not {strategy!r}")
-    kept = (torch.cat(kept_parts) if kept_parts
-            else torch.zeros(0, dtype=torch.int64, device=boxes.device))
-    # Score descending, then (stable) by image: each image's detections in score order.
-    kept = kept[torch.argsort(cand_scores[kept], descending=True, stable=True)]
-    kept = kept[torch.argsort(img_i[kept], stable=True)]
-    per_image = torch.bincount(img_i[kept], minlength=bsz)
-    first = torch.cumsum(per_image, 0) - per_image
-    rank = torch.arange(kept.shape[0], device=kept.device) - first[img_i[kept]]
-    kept = kept[rank < max_detections]
-    counts = torch.clamp(per_image, max=max_detections).tolist()
-    out_boxes = cand_boxes[kept].split(counts)
-    out_labels = (cls_i[kept] + 1).split(counts)
-    out_scores = cand_scores[kept].split(counts)
-    return list(zip(out_boxes, out_labels, out_scores))
+    # Every (image, class, prior) above the threshold; row-major, so grouped by image, class.
+    img, cls, prior = (scores > score_threshold).nonzero(as_tuple=True)
+    value = scores[img, cls, prior]
+    per_image = torch.bincount(img, minlength=bsz)
+    packed = _pack(value, img, per_image, -math.inf)  # [B, W]: each image's scores
+
+    results: list[Detections | None] = [None] * bsz
+    todo = list(range(bsz))
+    wanted = 2 * max_detections + 64  # entries per image to look at first
+    while todo:
+        # The `wanted` best entries of each image, with all ties of the last one. A box's fate
+        # in greedy NMS depends only on higher-scoring boxes of its class, all of which are in
+        # this prefix, so the prefix's results are final; if at least max_detections survive,
+        # nothing below the prefix can make the image's top max_detections.
+        rows = torch.tensor(todo, device=dev)
+        n = min(wanted, packed.shape[1])
+        cut = packed[rows].topk(n, dim=1).values[:, -1] if n > 0 else \
+            torch.full((len(todo),), -math.inf, device=dev)
+        cut_of = torch.full((bsz,), math.inf, device=dev)
+        cut_of[rows] = cut
+        sel = (value >= cut_of[img]).nonzero().squeeze(1)
+        kept_img, kept_cls, kept_prior, kept_value = _nms_table(
+            boxes, img[sel], cls[sel], prior[sel], value[sel], ncls, k, nms_iou, strategy)
+        kept_count = torch.bincount(kept_img, minlength=bsz)
+        complete = (per_image[rows] <= n) | (kept_count[rows] >= max_detections)
+        _collect(results, kept_img, kept_cls, kept_prior, kept_value, boxes, max_detections,
+                 rows[complete].tolist())
+        todo = rows[~complete].tolist()
+        wanted *= 4
+    return results  # type: ignore[return-value]
+
+
+def _pack(value: torch.Tensor, group: torch.Tensor, sizes: torch.Tensor, fill: float
+          ) -> torch.Tensor:
+    """Values of sorted, contiguous groups (Tensor[N]) into rows (Tensor[G, max size]), padded."""
+    width = max(int(sizes.max()) if sizes.numel() else 0, 1)
+    col = torch.arange(value.shape[0], device=value.device) - (sizes.cumsum(0) - sizes)[group]
+    out = torch.full((sizes.shape[0] * width,), fill, dtype=value.dtype, device=value.device)
+    out[group * width + col] = value
+    return out.view(-1, width)
+
+
+def _nms_table(boxes, img, cls, prior, value, ncls, k, nms_iou, strategy):
+    """Per-class top-k and greedy NMS of the given entries; returns the kept ones.
+
+    Args:
+        boxes (Tensor[B, P, 4]); img, cls, prior, value (Tensor[N]): entries sorted by image,
+        then class (any order within a class).
+
+    Returns:
+        img, cls, prior, value (Tensor[K]) of the kept entries, by (image, class), score
+        descending within a class.
+    """
+    dev = boxes.device
+    # within each (image, class): score descending, ties by prior index (stable sorts)
+    order = torch.argsort(value, descending=True, stable=True)
+    group = img * ncls + cls
+    order = order[torch.argsort(group[order], stable=True)]
+    img, cls, prior, value, group = img[order], cls[order], prior[order], value[order], group[order]
+    _, sizes = torch.unique_consecutive(group, return_counts=True)
+    row = torch.repeat_interleave(torch.arange(sizes.shape[0], device=dev), sizes)
+    col = torch.arange(group.shape[0], device=dev) - (sizes.cumsum(0) - sizes)[row]
+    top = (col < k).nonzero().squeeze(1)  # the class's candidates_per_class best
+    img, cls, prior, value, row, col = (t[top] for t in (img, cls, prior, value, row, col))
+    keep = _greedy_nms(boxes[img, prior], row, col, sizes.clamp(max=k), nms_iou, strategy)
+    return img[keep], cls[keep], prior[keep], value[keep]
+
+
+def _greedy_nms(boxes: torch.Tensor, row: torch.Tensor, col: torch.Tensor, sizes: torch.Tensor,
+                nms_iou: float, strategy: str) -> torch.Tensor:
+    """Keep flags (Tensor[N] bool) of greedy NMS within each group.
+
+    Args:
+        boxes (Tensor[N, 4]) x1 y1 x2 y2, float32, grouped, score-descending within a group;
+        row, col (Tensor[N]): each entry's group and rank in it; sizes (Tensor[G]).
+    """
+    keep = torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    # kernel: IoU > threshold (double); reference: IoU >= threshold, compared in float32
+    threshold = math.nextafter(float(torch.tensor(nms_iou, dtype=torch.float32)), 0.0)
+    small = (sizes <= _BATCHED_MAX) & (strategy == "batched")
+    if bool(small.any()):
+        keep_small = _batched_greedy_nms(boxes, row, col, small, nms_iou)
+        keep = torch.where(small[row], keep_small, keep)
+    start = (sizes.cumsum(0) - sizes).tolist()
+    for g in (~small & (sizes > 1)).nonzero().squeeze(1).tolist():  # scores: the group's order
+        a, n = start[g], int(sizes[g])
+        kept = nms(boxes[a:a + n], torch.arange(n, 0, -1, dtype=boxes.dtype, device=boxes.device),
+                   threshold)
+        keep[a:a + n] = False
+        keep[a + kept] = True
+    return keep
+
+
+_BATCHED_MAX = 64  # groups up to this size go through one batched pass
+
+
+def _batched_greedy_nms(boxes, row, col, small, nms_iou) -> torch.Tensor:
+    """Greedy NMS of all small groups at once, in a padded [groups, L, L] IoU table.
+
+    Per pair the float32 operations are those of ``torchvision.ops.nms``'s CPU kernel
+    (intersection of max/min corners clamped at 0, inter / (area_i + area_j - inter)), so the
+    same boxes are removed; a test compares the two on the same groups.
+    """
+    dev = boxes.device
+    sel = small[row].nonzero().squeeze(1)
+    grp = torch.cumsum(small, 0) - 1  # index among the small groups
+    r, c = grp[row[sel]], col[sel]
+    num, width = int(small.sum()), int(c.max()) + 1
+    table = torch.zeros(num, width, 4, dtype=boxes.dtype, device=dev)
+    table[r, c] = boxes[sel]
+    valid = torch.zeros(num, width, dtype=torch.bool, device=dev)
+    valid[r, c] = True
+    x1, y1, x2, y2 = table.unbind(-1)  # [G, L] each
+    w = (torch.minimum(x2[:, :, None], x2[:, None, :])
+         - torch.maximum(x1[:, :, None], x1[:, None, :])).clamp_(min=0)
+    h = (torch.minimum(y2[:, :, None], y2[:, None, :])
+         - torch.maximum(y1[:, :, None], y1[:, None, :])).clamp_(min=0)
+    inter = w * h
+    area = (x2 - x1) * (y2 - y1)
+    iou = inter / (area[:, :, None] + area[:, None, :] - inter)
+    over = iou >= torch.tensor(nms_iou, dtype=torch.float32)  # the reference's float32 test
+    kept = valid.clone()
+    for i in range(width - 1):  # box i, if still kept, removes the later boxes it overlaps
+        kept[:, i + 1:] &= ~(over[:, i, i + 1:] & kept[:, i:i + 1])
+    out = torch.zeros(boxes.shape[0], dtype=torch.bool, device=dev)
+    out[sel] = kept[r, c]
+    return out
+
+
+def _collect(results, img, cls, prior, value, boxes, max_detections, images) -> None:
+    """Fill ``results[b]`` for the given images: their best kept entries, score descending."""
+    if not images:
+        return
+    wanted = torch.zeros(len(results), dtype=torch.bool, device=img.device)
+    wanted[images] = True
+    sel = wanted[img].nonzero().squeeze(1)
+    img, cls, prior, value = img[sel], cls[sel], prior[sel], value[sel]
+    # score descending; ties in (class, score order) as the entries come
+    order = torch.argsort(value, descending=True, stable=True)
+    order = order[torch.argsort(img[order], stable=True)]
+    img, cls, prior, value = img[order], cls[order], prior[order], value[order]
+    counts = torch.bincount(img, minlength=len(results))
+    rank = torch.arange(img.shape[0], device=img.device) - (counts.cumsum(0) - counts)[img]
+    top = rank < max_detections
+    img, cls, prior, value = img[top], cls[top], prior[top], value[top]
+    counts = counts.clamp(max=max_detections).tolist()
+    parts = zip(boxes[img, prior].split(counts), (cls + 1).split(counts), value.split(counts))
+    for b, part in enumerate(parts):
+        if b in images:
+            results[b] = part
