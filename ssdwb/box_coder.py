@@ -119,18 +119,17 @@ def offsets(boxes_xywh: torch.Tensor, dboxes_xywh: torch.Tensor, scale_xy: float
     inv_xy, inv_wh = 1.0 / scale_xy, 1.0 / scale_wh
     num_p = dboxes_xywh.shape[0]
     d = dboxes_xywh.to(boxes_xywh.device, torch.float32)
-    # One flat row of P*4 per image, so every op runs on contiguous memory: the interleaved
-    # [..., P, 4] slices of the plain formula are 3x slower, and log() of the xy lanes (zero or
-    # negative) takes a slow path. Per element the float ops are the reference's:
-    # xy: (inv_xy * (g - d)) / d_wh; wh: inv_wh * log((g - 0) * 1 / d_wh).
+    # One flat row of P*4 per image, so the arithmetic runs on contiguous memory (the interleaved
+    # [..., P, 4] slices of the plain formula are 3x slower), and log() only on a contiguous copy
+    # of the w, h lanes (on strided lanes it is 10x slower). Per element the float ops are the
+    # reference's: xy: (inv_xy * (g - d)) / d_wh; wh: inv_wh * log((g - 0) * 1 / d_wh).
     sub = torch.cat([d[:, :2], torch.zeros_like(d[:, :2])], 1).reshape(-1)
     mul = torch.tensor([inv_xy, inv_xy, 1.0, 1.0], device=d.device).repeat(num_p)
     div = d[:, 2:].repeat(1, 2).reshape(-1)
-    is_wh = torch.tensor([False, False, True, True], device=d.device).repeat(num_p)
-    flat = boxes_xywh.reshape(-1, num_p * 4)
-    out = torch.sub(flat, sub).mul_(mul).div_(div)
-    log_wh = torch.where(is_wh, out, 1.0).log_().mul_(inv_wh)
-    return torch.where(is_wh, log_wh, out).view(boxes_xywh.shape)
+    out = torch.sub(boxes_xywh.reshape(-1, num_p * 4), sub).mul_(mul).div_(div)
+    lanes = out.view(-1, num_p, 2, 2)
+    lanes[:, :, 1] = lanes[:, :, 1].contiguous().log_().mul_(inv_wh)
+    return out.view(boxes_xywh.shape)
 
 
 def _blocks(counts: list[int], budget: int):
