@@ -1,6 +1,6 @@
 """Core maths throughput on one CPU thread: ssdwb against torchvision's own SSD machinery.
 
-    .venv/bin/python bench/bench_core.py [--batch 32] [--repeats 5]
+    .venv/bin/python bench/bench_core.py [--batch 32] [--repeats 10]
 
 encode: batch 32, 1 to 30 GT boxes per image. ssdwb ``BoxCoder.encode_batch`` (whole batch at
 once) against what torchvision's SSD does per image in ``SSD.compute_loss``: ``box_iou`` +
@@ -30,14 +30,18 @@ from ssdwb.detect import postprocess
 from ssdwb.runtime import tune_cpu_allocator
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def best_times(fns, repeats: int) -> list[float]:
+    """Best wall time of each function, measured in alternation (this machine is a VM: its speed
+    drifts, and alternating exposes both sides to the same drift)."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
 
 
 def make_gt(batch: int, gen: torch.Generator):
@@ -54,7 +58,7 @@ def make_gt(batch: int, gen: torch.Generator):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--default-malloc", action="store_true",
                     help="keep glibc's default mmap threshold (both sides pay the page faults)")
     args = ap.parse_args()
@@ -86,8 +90,7 @@ def main() -> None:
         enc, lab = coder.encode_batch(boxes, labels)
         return coder.offsets(enc), lab
 
-    t_tv = best_time(tv_encode, args.repeats)
-    t_ours = best_time(ours_encode, args.repeats)
+    t_tv, t_ours = best_times([tv_encode, ours_encode], args.repeats)
     print(f"encode      batch {args.batch}: ssdwb {args.batch / t_ours:9.1f} img/s   "
           f"torchvision {args.batch / t_tv:9.1f} img/s   ratio {t_tv / t_ours:5.2f}x")
 
@@ -117,8 +120,7 @@ def main() -> None:
 
         n_ours = sum(len(d[0]) for d in ours_post())
         n_tv = sum(len(d["boxes"]) for d in tv_post())
-        t_tv = best_time(tv_post, args.repeats)
-        t_ours = best_time(ours_post, args.repeats)
+        t_tv, t_ours = best_times([tv_post, ours_post], args.repeats)
         print(f"postprocess batch {args.batch} {name:>18}: ssdwb {args.batch / t_ours:8.1f} img/s"
               f"   torchvision {args.batch / t_tv:8.1f} img/s   ratio {t_tv / t_ours:5.2f}x   "
               f"(detections: ssdwb {n_ours}, torchvision {n_tv})")

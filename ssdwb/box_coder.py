@@ -245,18 +245,18 @@ class BoxCoder:
         gt = torch.cat([b.to(device, torch.float32).reshape(-1, 4) for b in boxes])  # [G, 4]
         gt_labels = torch.cat([lb.to(device, torch.int64).reshape(-1) for lb in labels])
         first_row = torch.tensor([0] + counts[:-1], device=device).cumsum(0)  # image -> GT row
-        # Per image and prior: the matched GT's row in ``gt`` (or -1), filled block by block.
+        # Per image and prior: the matched GT's index in its image (or -1), block by block.
         matched = torch.full((bsz, num_p), -1, dtype=torch.int64, device=device)
         budget = self.block_rows if device.type == "cpu" else 1 << 30
         for block in _blocks(counts, budget):
             if counts[block[-1]] == 0:
                 continue
             idx = torch.tensor(block, device=device)
-            best_gt = self._match_block([boxes[i] for i in block], counts, block, iou_threshold)
-            matched[idx] = torch.where(best_gt >= 0, best_gt + first_row[idx, None], -1)
+            matched[idx] = self._match_block([boxes[i] for i in block], counts, block,
+                                             iou_threshold)
         # Only the positives (a few percent of the priors) take their GT's box and label.
         img, prior = (matched >= 0).nonzero(as_tuple=True)
-        rows = matched[img, prior]
+        rows = matched[img, prior] + first_row[img]
         out_boxes[img, prior] = ltrb_to_xywh(gt)[rows]
         out_labels[img, prior] = gt_labels[rows]
         return out_boxes, out_labels
