@@ -92,9 +92,8 @@ def postprocess(ploc: torch.Tensor, plabel: torch.Tensor, dboxes: DefaultBoxes |
         # this prefix, so the prefix's results are final; if at least max_detections survive,
         # nothing below the prefix can make the image's top max_detections.
         rows = torch.tensor(todo, device=dev)
-        n = min(wanted, packed.shape[1])
-        cut = packed[rows].topk(n, dim=1).values[:, -1] if n > 0 else \
-            torch.full((len(todo),), -math.inf, device=dev)
+        n = min(wanted, packed.shape[1])  # the packed width is at least 1
+        cut = packed[rows].topk(n, dim=1).values[:, -1]  # -inf if an image has fewer entries
         cut_of = torch.full((bsz,), math.inf, device=dev)
         cut_of[rows] = cut
         sel = (value >= cut_of[img]).nonzero().squeeze(1)
