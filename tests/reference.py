@@ -10,6 +10,7 @@ import itertools
 import math
 
 import torch
+import torchvision
 
 
 def default_boxes_xywh(fig, feats, steps, scales, ratios):
@@ -104,3 +105,43 @@ def greedy_nms_detections(boxes_ltrb, probs, threshold=0.05, iou=0.5, per_class=
                 cand = [t for t, v in zip(cand, ious.tolist()) if v < iou]
     det.sort(key=lambda t: -t[0])
     return det[:max_out]
+
+
+def _uniform(lo, hi):
+    return lo + (hi - lo) * float(torch.rand(()))
+
+
+CROP_OPTIONS = (None, 0.1, 0.3, 0.5, 0.7, 0.9, -math.inf)
+
+
+class TorchSSDRandomCrop:
+    """The SSD crop in torch ops, step by step as the reference (ssdwb's runs in numpy).
+
+    ``__call__(boxes, labels) -> (crop, boxes, labels, option)``: ``crop`` is (left, top, right,
+    bottom) fractions or None, ``option`` the index into ``CROP_OPTIONS`` that succeeded.
+    """
+
+    def __call__(self, boxes: torch.Tensor, labels: torch.Tensor):
+        while True:
+            option = int(torch.randint(len(CROP_OPTIONS), ()))
+            min_iou = CROP_OPTIONS[option]
+            if min_iou is None:
+                return None, boxes, labels, option
+            w, h = _uniform(0.3, 1.0), _uniform(0.3, 1.0)
+            if w / h < 0.5 or w / h > 2:
+                continue
+            left, top = _uniform(0, 1.0 - w), _uniform(0, 1.0 - h)
+            right, bottom = left + w, top + h
+            crop = torch.tensor([[left, top, right, bottom]])
+            if not bool((torchvision.ops.box_iou(boxes, crop) > min_iou).all()):
+                continue
+            cx = 0.5 * (boxes[:, 0] + boxes[:, 2])
+            cy = 0.5 * (boxes[:, 1] + boxes[:, 3])
+            inside = (cx > left) & (cx < right) & (cy > top) & (cy < bottom)
+            if not bool(inside.any()):
+                continue
+            kept = boxes[inside]
+            kept = torch.stack([kept[:, 0].clamp(min=left), kept[:, 1].clamp(min=top),
+                                kept[:, 2].clamp(max=right), kept[:, 3].clamp(max=bottom)], 1)
+            kept = (kept - torch.tensor([left, top, left, top])) / torch.tensor([w, h, w, h])
+            return (left, top, right, bottom), kept, labels[inside], option

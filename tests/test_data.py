@@ -185,6 +185,27 @@ def test_crop_rules(seed, n):
     assert torch.allclose(back, clipped, atol=1e-6)
 
 
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 12))
+def test_crop_in_numpy_equals_torch_ops(seed, n):
+    """Same random draws, crop, boxes (bit for bit) and labels as the crop written in torch ops
+    (boxes on a coarse grid: many equal coordinates and boxes)."""
+    import reference
+
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.randint(0, 10, (n, 2), generator=gen) / 10
+    boxes = torch.cat([xy, xy + torch.randint(1, 6, (n, 2), generator=gen) / 10], 1).clamp(max=1)
+    labels = torch.arange(1, n + 1)
+    results = []
+    for crop in (SSDRandomCrop(), reference.TorchSSDRandomCrop()):
+        torch.manual_seed(seed)
+        results.append((crop(boxes, labels), torch.rand(1)))
+    (c1, b1, l1, o1), r1 = results[0]
+    (c2, b2, l2, o2), r2 = results[1]
+    assert (c1, o1) == (c2, o2) and torch.equal(r1, r2)
+    assert torch.equal(b1, b2) and torch.equal(l1, l2) and b1.dtype == torch.float32
+
+
 def test_fast_path_pixels_equal_literal_reference_order(shapes):
     """flip after resize == crop, flip, resize done literally."""
     ds = train_ds(shapes)

@@ -152,7 +152,8 @@ class CocoDetection(torch.utils.data.Dataset):
         path = self.image_path(index)
         try:
             with Image.open(path) as im:
-                return im.convert("RGB")
+                im.load()  # decoded now; leaving `with` only closes the file
+                return im if im.mode == "RGB" else im.convert("RGB")  # no copy for RGB JPEGs
         except FileNotFoundError as e:
             raise FileNotFoundError(f"image {path} (id {self.ids[index]}) does not exist") from e
         except OSError as e:  # PIL.UnidentifiedImageError and truncated files are OSErrors

@@ -11,7 +11,8 @@ Training, in this order:
 2. Horizontal flip, p = 0.5.
 3. Resize to 300x300 (PIL bilinear, as the reference's ``transforms.Resize`` on PIL images).
 4. Colour jitter: brightness 0.125, contrast 0.5, saturation 0.5, hue 0.05 (``v2.ColorJitter``:
-   PIL's enhancers and HSV hue shift, in random order, like the reference's torchvision).
+   PIL's enhancers and HSV hue shift, in random order, like the reference's torchvision; the
+   hue step through lookup tables with the same pixels, see :mod:`ssdwb.data.color`).
 5. To a uint8 tensor. Normalisation (mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225])
    happens once per batch in :func:`normalize` (same float maths as ToTensor + Normalize).
 
@@ -29,11 +30,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from PIL import Image
-from torchvision.ops import box_iou
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from ssdwb.data.color import ColorJitter
 
 __all__ = ["SSDRandomCrop", "train_transform", "val_transform", "normalize", "augmentation_stats",
            "MEAN", "STD", "CROP_OPTIONS"]
@@ -53,9 +55,18 @@ class SSDRandomCrop:
 
     ``__call__(boxes, labels) -> (crop, boxes, labels, option)``: ``crop`` is (left, top, right,
     bottom) fractions or None, ``option`` the index into ``CROP_OPTIONS`` that succeeded.
+
+    The IoU test and the box clipping run in numpy float32: the same IEEE operations as
+    ``torchvision.ops.box_iou`` and the reference's torch code (scalars compared and clamped in
+    float32 in both), at a fraction of the per-call cost of small torch ops (0.75 ms per image
+    before; a test checks the two give the same crops, boxes and random state).
     """
 
     def __call__(self, boxes: torch.Tensor, labels: torch.Tensor):
+        b = boxes.numpy()
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        cx = 0.5 * (b[:, 0] + b[:, 2])
+        cy = 0.5 * (b[:, 1] + b[:, 3])
         while True:
             option = int(torch.randint(len(CROP_OPTIONS), ()))
             min_iou = CROP_OPTIONS[option]
@@ -66,19 +77,25 @@ class SSDRandomCrop:
                 continue
             left, top = _uniform(0, 1.0 - w), _uniform(0, 1.0 - h)
             right, bottom = left + w, top + h
-            crop = torch.tensor([[left, top, right, bottom]])
-            if not bool((box_iou(boxes, crop) > min_iou).all()):
+            crop = np.array([left, top, right, bottom], dtype=np.float32)
+            # box_iou(boxes, crop), torchvision's float32 operations
+            inter = (np.minimum(b[:, 2:], crop[2:]) - np.maximum(b[:, :2], crop[:2])).clip(min=0)
+            inter = inter[:, 0] * inter[:, 1]
+            iou = inter / (area + (crop[2] - crop[0]) * (crop[3] - crop[1]) - inter)
+            if not bool((iou > np.float32(min_iou)).all()):
                 continue
-            cx = 0.5 * (boxes[:, 0] + boxes[:, 2])
-            cy = 0.5 * (boxes[:, 1] + boxes[:, 3])
-            inside = (cx > left) & (cx < right) & (cy > top) & (cy < bottom)
+            f32 = np.float32
+            inside = (cx > f32(left)) & (cx < f32(right)) & (cy > f32(top)) & (cy < f32(bottom))
             if not bool(inside.any()):
                 continue
-            kept = boxes[inside]
-            kept = torch.stack([kept[:, 0].clamp(min=left), kept[:, 1].clamp(min=top),
-                                kept[:, 2].clamp(max=right), kept[:, 3].clamp(max=bottom)], 1)
-            kept = (kept - torch.tensor([left, top, left, top])) / torch.tensor([w, h, w, h])
-            return (left, top, right, bottom), kept, labels[inside], option
+            kept = b[inside]
+            kept = np.stack([np.maximum(kept[:, 0], f32(left)), np.maximum(kept[:, 1], f32(top)),
+                             np.minimum(kept[:, 2], f32(right)),
+                             np.minimum(kept[:, 3], f32(bottom))], 1)
+            kept = (kept - np.array([left, top, left, top], dtype=np.float32)) \
+                / np.array([w, h, w, h], dtype=np.float32)
+            return ((left, top, right, bottom), torch.from_numpy(kept),
+                    labels[torch.from_numpy(inside)], option)
 
 
 class TrainTransform:
@@ -91,7 +108,7 @@ class TrainTransform:
     def __init__(self, size: int = 300):
         self.size = size
         self.crop = SSDRandomCrop()
-        self.jitter = v2.ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05)
+        self.jitter = ColorJitter(brightness=0.125, contrast=0.5, saturation=0.5, hue=0.05)
 
     def __call__(self, image: Image.Image, target: dict):
         boxes, labels = target["boxes"], target["labels"]
