@@ -158,7 +158,8 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 Tensor[B, 3, H, W] -> float32, /255 then (x - mean) / std, as ToTensor + Normalize."""
     mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
-    return images.float().div_(255).sub_(mean).div_(std)
+    # uint8 / 255 gives float32 directly: the same values as .float() then / 255, one pass less
+    return torch.div(images, 255).sub_(mean).div_(std)
 
 
 def augmentation_stats(dataset, num_draws: int = 200, seed: int = 0, size: int = 300) -> dict:
