@@ -11,7 +11,7 @@ of the input, so they become lookups:
   A 511 x 511 table. S depends on (max - min, max): a 256 x 256 table. V is max(r, g, b).
 * Back to RGB, every output channel is round(V * w) with a weight w that depends on (H, S)
   only: 1 for the channel that is V, and (1 - s), (1 - s f), (1 - s (1 - f)) for the others,
-  chosen by the sector of H. Three tables of 65,536 float64 weights, one per output channel.
+  chosen by the sector of H: a table of 65,536 x 3 weights.
 
 Brightness and contrast blend with a constant image, so they are 256-entry ``point`` tables
 made by Pillow's own ``blend``. The H and S tables hold Pillow's own conversion of one representative colour per entry; the
@@ -70,8 +70,7 @@ def _build_tables() -> dict[str, torch.Tensor]:
     picks = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]])
     pick = picks[sector.long() % 6]  # [65536, 3]
     weights = choices.gather(0, pick.t())  # [3, 65536]
-    return {"hue": hue, "sat": sat, "w_r": weights[0].contiguous(),
-            "w_g": weights[1].contiguous(), "w_b": weights[2].contiguous()}
+    return {"hue": hue, "sat": sat, "weights": weights.t().float().contiguous()}
 
 
 def _get_tables() -> dict[str, torch.Tensor]:
@@ -93,14 +92,11 @@ def _hsv(r: torch.Tensor, g: torch.Tensor, b: torch.Tensor):
 
 def _rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """H, S (uint8 or int32), V (any integer dtype), Tensor[N] each -> uint8 Tensor[N, 3]."""
-    t = _get_tables()
-    hs = h.to(torch.int32).mul_(256).add_(s)
-    vd = v.double()
-    out = torch.empty(v.shape[0], 3, dtype=torch.uint8)
-    for c, key in enumerate(("w_r", "w_g", "w_b")):
-        x = vd * t[key].index_select(0, hs)  # in [0, V]
-        out[:, c] = x.add_(0.5).floor_()  # C's round() for x >= 0 (checked on all inputs)
-    return out
+    weights = _get_tables()["weights"]  # [65536, 3]: (r, g, b) weights per (H, S)
+    x = weights.index_select(0, h.to(torch.int32).mul_(256).add_(s)).mul_(v.float()[:, None])
+    # C's round() of the double product V * w: float32 weights and floor(x + 0.5) give the same
+    # bytes for all 2^24 (H, S, V) (tested), at half the table size and float32 speed
+    return x.add_(0.5).floor_().to(torch.uint8)
 
 
 def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
@@ -131,10 +127,12 @@ def adjust_hue(image: Image.Image, hue_factor: float) -> Image.Image:
 _RAMP = Image.frombytes("L", (256, 1), bytes(range(256)))
 
 
-def _blend_table(degenerate: int, factor: float) -> list[int]:
-    """Pillow's ``blend(constant, x, factor)`` for every byte value x, as a ``point`` table."""
+def _blend_point(image: Image.Image, degenerate: int, factor: float) -> Image.Image:
+    """``Image.blend(constant image, image, factor)`` through a table of Pillow's own blend of
+    every byte value. The table goes to the core's ``point`` directly: ``Image.point`` would
+    call ``round()`` on each of its 768 entries (0.15 ms, more than the lookup itself)."""
     table = Image.blend(Image.new("L", (256, 1), degenerate), _RAMP, factor).tobytes()
-    return list(table) * 3
+    return image._new(image.im.point(list(table) * 3, None))
 
 
 def adjust_brightness(image: Image.Image, factor: float) -> Image.Image:
@@ -142,7 +140,7 @@ def adjust_brightness(image: Image.Image, factor: float) -> Image.Image:
     it blends with a black image, so each output byte depends on its input byte only."""
     if image.mode != "RGB":
         return F.adjust_brightness(image, factor)
-    return image.point(_blend_table(0, factor))
+    return _blend_point(image, 0, factor)
 
 
 def adjust_contrast(image: Image.Image, factor: float) -> Image.Image:
@@ -151,7 +149,7 @@ def adjust_contrast(image: Image.Image, factor: float) -> Image.Image:
     if image.mode != "RGB":
         return F.adjust_contrast(image, factor)
     mean = int(ImageStat.Stat(image.convert("L")).mean[0] + 0.5)
-    return image.point(_blend_table(mean, factor))
+    return _blend_point(image, mean, factor)
 
 
 class ColorJitter(v2.ColorJitter):
