@@ -84,11 +84,55 @@ def best_rates(loaders, epochs: int) -> list[float]:
     return best
 
 
+def stage_times(dataset, coder, batch: int) -> dict[str, float]:
+    """ms per image of each step of ssdwb's pipeline (one process, one pass), by wrapping the
+    steps in place: decode, crop search, the jitter steps, the rest of the transform (crop,
+    resize, flip, to tensor) and the collate (normalise + encode)."""
+    import ssdwb.data.color as color
+    from ssdwb.data.loader import Collate
+
+    spent: dict[str, float] = {}
+
+    def timed(owner, name: str, key: str) -> None:
+        fn = getattr(owner, name)
+
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[key] = spent.get(key, 0.0) + time.perf_counter() - t
+        setattr(owner, name, wrapper)
+
+    transform = dataset.transform
+    timed(dataset, "load_image", "decode")
+    timed(transform, "crop", "crop search")
+    timed(transform, "jitter", "colour jitter")
+    for name in ("adjust_hue", "adjust_brightness", "adjust_contrast"):
+        timed(color, name, name.replace("adjust_", "  of which "))
+    timed(transform, "__call__", "transform")  # instance attribute: only this dataset's calls
+    dataset.transform = transform.__dict__.pop("__call__")
+    samples = [dataset[i] for i in range(len(dataset))]
+    collate = Collate(coder)
+    t = time.perf_counter()
+    for i in range(0, len(samples), batch):
+        collate(samples[i:i + batch])
+    spent["collate (normalise + encode)"] = time.perf_counter() - t
+    spent["crop + resize + flip + to tensor"] = (spent.pop("transform") - spent["crop search"]
+                                                 - spent["colour jitter"])
+    order = ["decode", "crop search", "crop + resize + flip + to tensor", "colour jitter",
+             "  of which hue", "  of which contrast", "  of which brightness",
+             "collate (normalise + encode)"]
+    return {k: 1e3 * spent.get(k, 0.0) / len(samples) for k in order}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=5, help="measured passes (the best counts)")
+    ap.add_argument("--stages", action="store_true",
+                    help="also print ms per image of each step of ssdwb's pipeline")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tune_cpu_allocator()
@@ -111,6 +155,10 @@ def main() -> None:
             cores = max(workers, 1)
             print(f"workers={workers}: ssdwb {r_ours / cores:7.1f} img/s/core   torchvision v2 "
                   f"{r_tv / cores:7.1f} img/s/core   ratio {r_ours / r_tv:4.2f}x", flush=True)
+        if args.stages:
+            stages = CocoDetection(root / "train", ann, transform=train_transform())
+            for name, ms in stage_times(stages, coder, args.batch).items():
+                print(f"  {name:34s} {ms:6.2f} ms/image")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,25 @@ def test_missing_annotation_file(tmp_path):
         CocoDetection(tmp_path, tmp_path / "nope.json")
 
 
+def test_grey_and_rgb_jpegs_load_as_rgb(tmp_path):
+    """COCO has greyscale JPEGs: they come back as RGB; RGB ones come back decoded, file closed."""
+    grey = Image.linear_gradient("L").resize((40, 30))
+    grey.save(tmp_path / "grey.jpg")
+    Image.merge("RGB", [grey, grey, grey]).save(tmp_path / "rgb.jpg")
+    ann = write_ann(tmp_path / "ann.json",
+                    [{"id": i, "file_name": f, "width": 40, "height": 30}
+                     for i, f in ((1, "grey.jpg"), (2, "rgb.jpg"))],
+                    [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 10, 10]}
+                     for i in (1, 2)])
+    ds = CocoDetection(tmp_path, ann)
+    for i, name in enumerate(("grey.jpg", "rgb.jpg")):
+        image = ds.load_image(i)
+        assert image.mode == "RGB" and image.size == (40, 30)
+        with Image.open(tmp_path / name) as ref:
+            assert np.array_equal(np.asarray(image), np.asarray(ref.convert("RGB")))
+        assert image.resize((20, 15)).size == (20, 15)  # still usable after the file closed
+
+
 def test_bad_images_error_or_skip(tmp_path):
     Image.new("RGB", (64, 64)).save(tmp_path / "ok.jpg")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")

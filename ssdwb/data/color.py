@@ -3,9 +3,10 @@ with its hue, brightness and contrast steps done by table lookups.
 
 The reference jitters PIL images with torchvision's ``ColorJitter``, whose hue step
 (``adjust_hue``) converts the image to HSV, adds to H and converts back. Pillow's two conversions
-(``rgb2hsv_row`` / ``hsv2rgb`` in its Convert.c) are per-pixel float code and took a third of the
-whole training input pipeline here (3.2 ms of ~8.5 ms per image). Their results depend on little
-of the input, so they become lookups:
+(``rgb2hsv_row`` / ``hsv2rgb`` in its Convert.c) are per-pixel float code, the largest step of the
+training input pipeline after decoding and resizing (2.7 ms per image here; 2.1 ms with the
+tables, ``bench/bench_data.py --stages``). Their results depend on little of the input, so they
+become lookups:
 
 * H of a colour depends only on (r - g, g - b): it is built from (max - c) / (max - min).
   A 511 x 511 table. S depends on (max - min, max): a 256 x 256 table. V is max(r, g, b).
