@@ -1,19 +1,27 @@
 """Training input pipeline throughput: ssdwb against the torchvision v2 equivalent.
 
-    .venv/bin/python bench/bench_data.py [--images 96] [--batch 32] [--epochs 5]
+    .venv/bin/python bench/bench_data.py [--images 256] [--batch 32] [--epochs 5] [--stages]
 
 Both pipelines read the same COCO-like JPEGs (640x480, synthetic shapes, 1-12 boxes) and produce
 normalised 300x300 float batches with encoded targets for 8732 default boxes:
 
 * ssdwb: ``CocoDetection`` + ``train_transform`` (the reference SSD crop, flip, resize, colour
-  jitter, on PIL) + ``Collate`` (batch normalisation, ``BoxCoder.encode_batch``);
+  jitter, on PIL) + ``Collate`` (uint8 batch, ``BoxCoder.encode_batch``), then ``normalize`` in
+  the consuming process, where training would run it on its device (counted here);
 * torchvision v2, as a user would write it: ``RandomIoUCrop, RandomHorizontalFlip, Resize(300),
   ColorJitter(0.125, 0.5, 0.5, 0.05), SanitizeBoundingBoxes, ToDtype, Normalize`` and, per image,
   torchvision's SSD matcher + box coder.
 
+``ssdwb resize=tensor`` is the same pipeline with ``train_transform(resize="tensor")``: torch's
+uint8 resize kernel instead of PIL's (not the reference's pixels: about 4 % of the values differ
+by one level).
+
 Printed: images/s per CPU core with workers=0 (one core) and with 2 persistent workers (per core
 = total/2): the best of ``--epochs`` passes over the images, after one warm-up pass that starts
-the workers and fills the page cache.
+the workers and fills the page cache. A pass should hold an even number of batches per worker
+(the default: 8 batches of 32): workers take whole batches in turn, so 3 batches on 2 workers
+leave one worker idle for a third of the pass (``--images 96`` understated the 2-worker figure
+of both pipelines by about a fifth).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from ssdwb.anchors import dboxes300_coco
 from ssdwb.box_coder import BoxCoder
 from ssdwb.data import CocoDetection, build_loader, set_epoch, train_transform
 from ssdwb.data.synthetic import make_shapes_coco
-from ssdwb.data.transforms import MEAN, STD
+from ssdwb.data.transforms import MEAN, STD, normalize
 from ssdwb.runtime import tune_cpu_allocator
 
 ANCHORS = dboxes300_coco().ltrb
@@ -79,7 +87,11 @@ def best_rates(loaders, epochs: int) -> list[float]:
                 set_epoch(loader, epoch)
             n, t = 0, time.perf_counter()
             for batch in loader:
-                n += (batch["images"] if isinstance(batch, dict) else batch[0]).shape[0]
+                if isinstance(batch, dict):  # ssdwb: the consumer normalises
+                    images = normalize(batch["images"])
+                else:
+                    images = batch[0]
+                n += images.shape[0]
             best[i] = max(best[i], n / (time.perf_counter() - t))
     return best
 
@@ -87,7 +99,7 @@ def best_rates(loaders, epochs: int) -> list[float]:
 def stage_times(dataset, coder, batch: int) -> dict[str, float]:
     """ms per image of each step of ssdwb's pipeline (one process, one pass), by wrapping the
     steps in place: decode, crop search, the jitter steps, the rest of the transform (crop,
-    resize, flip, to tensor) and the collate (normalise + encode)."""
+    resize, flip, to tensor), the collate (stack + encode) and the consumer's normalisation."""
     import ssdwb.data.color as color
     from ssdwb.data.loader import Collate
 
@@ -115,20 +127,23 @@ def stage_times(dataset, coder, batch: int) -> dict[str, float]:
     samples = [dataset[i] for i in range(len(dataset))]
     collate = Collate(coder)
     t = time.perf_counter()
-    for i in range(0, len(samples), batch):
-        collate(samples[i:i + batch])
-    spent["collate (normalise + encode)"] = time.perf_counter() - t
+    batches = [collate(samples[i:i + batch]) for i in range(0, len(samples), batch)]
+    spent["collate (stack + encode)"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for b in batches:
+        normalize(b["images"])
+    spent["normalise (consumer)"] = time.perf_counter() - t
     spent["crop + resize + flip + to tensor"] = (spent.pop("transform") - spent["crop search"]
                                                  - spent["colour jitter"])
     order = ["decode", "crop search", "crop + resize + flip + to tensor", "colour jitter",
              "  of which hue", "  of which contrast", "  of which brightness",
-             "collate (normalise + encode)"]
+             "collate (stack + encode)", "normalise (consumer)"]
     return {k: 1e3 * spent.get(k, 0.0) / len(samples) for k in order}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--images", type=int, default=96)
+    ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=5, help="measured passes (the best counts)")
     ap.add_argument("--stages", action="store_true",
@@ -141,20 +156,20 @@ def main() -> None:
         ann = root / "annotations" / "instances_train.json"
         ours = CocoDetection(root / "train", ann, transform=train_transform())
         theirs = CocoDetection(root / "train", ann, transform=TorchvisionV2())
+        fast = CocoDetection(root / "train", ann, transform=train_transform(resize="tensor"))
         coder = BoxCoder(dboxes300_coco())
         for workers in (0, 2):
             # persistent workers: the steady state of a long run, not worker start-up
-            ours_loader = build_loader(ours, args.batch, train=True, num_workers=workers,
-                                       coder=coder, persistent_workers=True)
-            tv_loader = torch.utils.data.DataLoader(theirs, args.batch, shuffle=True,
-                                                    num_workers=workers, collate_fn=tv_collate,
-                                                    drop_last=True,
-                                                    persistent_workers=workers > 0)
-            best_rates([ours_loader, tv_loader], 1)  # start the workers, warm the page cache
-            r_ours, r_tv = best_rates([ours_loader, tv_loader], args.epochs)
-            cores = max(workers, 1)
-            print(f"workers={workers}: ssdwb {r_ours / cores:7.1f} img/s/core   torchvision v2 "
-                  f"{r_tv / cores:7.1f} img/s/core   ratio {r_ours / r_tv:4.2f}x", flush=True)
+            loaders = [build_loader(ds, args.batch, train=True, num_workers=workers, coder=coder,
+                                    persistent_workers=True) for ds in (ours, fast)]
+            loaders.append(torch.utils.data.DataLoader(
+                theirs, args.batch, shuffle=True, num_workers=workers, collate_fn=tv_collate,
+                drop_last=True, persistent_workers=workers > 0))
+            best_rates(loaders, 1)  # start the workers, warm the page cache
+            r_ours, r_fast, r_tv = (r / max(workers, 1) for r in best_rates(loaders, args.epochs))
+            print(f"workers={workers}: ssdwb {r_ours:6.1f} img/s/core ({r_ours / r_tv:4.2f}x)   "
+                  f"ssdwb resize=tensor {r_fast:6.1f} ({r_fast / r_tv:4.2f}x)   "
+                  f"torchvision v2 {r_tv:5.1f}", flush=True)
         if args.stages:
             stages = CocoDetection(root / "train", ann, transform=train_transform())
             for name, ms in stage_times(stages, coder, args.batch).items():

@@ -34,7 +34,7 @@ from torch import nn
 
 from ssdwb.anchors import dboxes300_coco
 from ssdwb.box_coder import BoxCoder
-from ssdwb.data import CocoDetection, build_loader, train_transform
+from ssdwb.data import CocoDetection, build_loader, normalize, train_transform
 from ssdwb.data.synthetic import make_shapes_coco
 from ssdwb.evaluate import STAT_KEYS, coco_eval
 from ssdwb.loss import MultiBoxLoss
@@ -81,7 +81,7 @@ def bench_ssdwb(ds, args, metrics_path: Path) -> tuple[float, float]:
     for _ in range(args.steps + 1):
         t = time.perf_counter()
         batch = next(it)
-        images, gloc, glabel = batch["images"], batch["gloc"], batch["glabel"]
+        images, gloc, glabel = normalize(batch["images"]), batch["gloc"], batch["glabel"]
         t1 = time.perf_counter()
         ploc, plabel = model(images)
         t2 = time.perf_counter()
@@ -141,7 +141,7 @@ def bench_torchvision(ds, args) -> tuple[float, float]:
     for _ in range(args.steps + 1):
         t = time.perf_counter()
         batch = next(it)
-        images = list(batch["images"])
+        images = list(batch["images"].float().div_(255))  # torchvision's SSD normalises itself
         targets = [{"boxes": b * 300.0, "labels": lb} for b, lb in zip(batch["boxes"],
                                                                          batch["labels"])]
         t1 = time.perf_counter()

@@ -19,6 +19,7 @@ import logging
 import numpy as np
 import torch
 
+from ssdwb.data.transforms import normalize
 from ssdwb.detect import postprocess
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def infer(model, loader, coder, label_to_cat, device, amp: str = "off",
     parts, seen = [], []
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
     for batch in tqdm(loader, desc="eval", disable=not progress, mininterval=5, leave=False):
-        images = batch["images"].to(device, non_blocking=True)
+        images = normalize(batch["images"].to(device, non_blocking=True))
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):

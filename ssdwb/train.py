@@ -160,7 +160,8 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
 
     from ssdwb.anchors import dboxes300_coco
     from ssdwb.box_coder import BoxCoder
-    from ssdwb.data import CocoDetection, build_loader, set_epoch, train_transform, val_transform
+    from ssdwb.data import (CocoDetection, build_loader, normalize, set_epoch, train_transform,
+                            val_transform)
     from ssdwb.distributed import init_distributed
     from ssdwb.evaluate import array_to_results, evaluate
     from ssdwb.loss import MultiBoxLoss
@@ -222,9 +223,9 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
     np.random.seed(config.seed)
     paths = resolve_data(config.data_dir)
     train_ds = CocoDetection(paths["train_images"], paths["train_ann"],
-                             transform=train_transform(config.image_size))
+                             transform=train_transform(config.image_size, config.resize))
     val_ds = CocoDetection(paths["val_images"], paths["val_ann"],
-                           transform=val_transform(config.image_size))
+                           transform=val_transform(config.image_size, config.resize))
     dboxes = dboxes300_coco()
     coder = BoxCoder(dboxes)
     train_loader = build_loader(train_ds, config.batch_size, train=True,
@@ -334,7 +335,7 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
                 lr = config.lr_at(iteration, dist.world_size, iters_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                images = batch["images"].to(device, non_blocking=True)
+                images = normalize(batch["images"].to(device, non_blocking=True))
                 if config.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 if encode_on == "device":
@@ -436,7 +437,8 @@ def _eval_cmd(args) -> int:
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     config = TrainConfig.from_dict(ckpt["config"], args.checkpoint)
     paths = resolve_data(args.data or config.data_dir)
-    ds = CocoDetection(paths["val_images"], paths["val_ann"], transform=val_transform())
+    ds = CocoDetection(paths["val_images"], paths["val_ann"],
+                       transform=val_transform(config.image_size, config.resize))
     model = SSD300(num_classes=ds.num_classes, width=config.model_width)
     model.load_state_dict(ckpt["model"])
     loader = build_loader(ds, args.batch_size, train=False, num_workers=args.workers)

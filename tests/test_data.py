@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from torchvision.ops import box_iou
+from torchvision.transforms.v2 import functional as F
 
 from ssdwb.data import CocoDetection, build_loader, normalize, set_epoch, train_transform
 from ssdwb.data.synthetic import make_shapes_coco
@@ -170,9 +171,50 @@ def test_train_transform_deterministic_and_normalised(shapes):
     img = a[0][0]
     assert img.shape == (3, 300, 300) and img.dtype == torch.uint8
     x = normalize(img[None])
-    expected = (img[None].float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) \
-        / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    assert torch.allclose(x, expected)
+    # the reference: ToTensor (float, / 255) then Normalize, bit for bit
+    expected = F.normalize(img.float().div(255), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert torch.equal(x[0], expected)
+
+
+def test_resize_tensor_is_within_one_level_of_pil(shapes):
+    from ssdwb.data.transforms import resize_pil, resize_tensor
+
+    ds = train_ds(shapes)
+    differ = total = 0
+    for i in range(8):
+        image = ds.load_image(i)
+        w, h = image.size
+        # whole images, shrinking crops and enlarging crops, odd sizes
+        for box in ((0, 0, w, h), (13, 7, w - 50, h - 31), (w // 3, h // 4, w // 3 + 97, h // 4 + 61)):
+            crop = image.crop(box)
+            a = np.asarray(resize_pil(crop, 300)).astype(np.int16)
+            b = np.asarray(resize_tensor(crop, 300)).astype(np.int16)
+            assert a.shape == b.shape == (300, 300, 3)
+            assert np.abs(a - b).max() <= 1
+            differ += int((a != b).sum())
+            total += a.size
+    assert 0 < differ / total < 0.1  # not the reference's pixels, but close
+
+
+def test_resize_option_changes_only_pixels(shapes):
+    ds = train_ds(shapes)
+    ref, fast = train_transform(), train_transform(resize="tensor")
+    for i in range(6):
+        image, target = ds.raw(i)
+        torch.manual_seed(i)
+        a, ta = ref(image, target)
+        torch.manual_seed(i)
+        b, tb = fast(image, target)
+        assert torch.equal(ta["boxes"], tb["boxes"]) and ta["augment"] == tb["augment"]
+        d = (a.short() - b.short()).abs()
+        # the jitter spreads the resize's one-level differences: a grey mean one level off
+        # shifts the whole contrast table, a hue step near a sector edge moves a channel further
+        assert d.float().mean() < 1.0 and d.max() <= 32, (d.max(), d.float().mean())
+    with pytest.raises(ValueError, match="resize must be one of"):
+        train_transform(resize="cv2")
+    from ssdwb.config import TrainConfig
+    with pytest.raises(ValueError, match="resize"):
+        TrainConfig(resize="cv2")
 
 
 @settings(max_examples=200, deadline=None)
@@ -271,7 +313,8 @@ def test_loader_workers_are_deterministic_and_encode_in_worker(shapes, dboxes):
     for x, y in zip(a, b):
         assert torch.equal(x["images"], y["images"]) and torch.equal(x["glabel"], y["glabel"])
     batch = a[0]
-    assert batch["images"].dtype == torch.float32 and batch["images"].shape == (4, 3, 300, 300)
+    # uint8 across processes; the consumer normalises on its device
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (4, 3, 300, 300)
     assert batch["gloc"].shape == (4, 8732, 4) and batch["orig_sizes"].shape == (4, 2)
     assert len(batch["boxes"]) == 4  # variable box counts kept as a list
     on_device = coder.encode_batch(batch["boxes"], batch["labels"])
@@ -289,7 +332,7 @@ def test_end_to_end_batch_feeds_the_loss(shapes, dboxes):
     set_epoch(loader, 0)
     batch = next(iter(loader))
     model = SSD300(num_classes=ds.num_classes)
-    ploc, plabel = model(batch["images"])
+    ploc, plabel = model(normalize(batch["images"]))
     loss = MultiBoxLoss(dboxes)(ploc, plabel, batch["gloc"].transpose(1, 2), batch["glabel"])
     assert math.isfinite(loss.item()) and loss.item() > 0
     loss.backward()
