@@ -160,8 +160,14 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
 
     from ssdwb.anchors import dboxes300_coco
     from ssdwb.box_coder import BoxCoder
-    from ssdwb.data import (CocoDetection, build_loader, normalize, set_epoch, train_transform,
-                            val_transform)
+    from ssdwb.data import (
+        CocoDetection,
+        build_loader,
+        normalize,
+        set_epoch,
+        train_transform,
+        val_transform,
+    )
     from ssdwb.distributed import init_distributed
     from ssdwb.evaluate import array_to_results, evaluate
     from ssdwb.loss import MultiBoxLoss
