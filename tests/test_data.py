@@ -321,6 +321,30 @@ def test_loader_workers_are_deterministic_and_encode_in_worker(shapes, dboxes):
     assert torch.equal(on_device[0], batch["gloc"]) and torch.equal(on_device[1], batch["glabel"])
 
 
+def test_batch_crosses_processes_intact(shapes, dboxes):
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers the shared-memory tensor reducers)
+
+    from ssdwb.box_coder import BoxCoder
+    from ssdwb.data.loader import Batch, Collate
+
+    ds = train_ds(shapes, transform=train_transform())
+    torch.manual_seed(0)
+    batch = Collate(BoxCoder(dboxes))([ds[i] for i in range(5)])
+    batch["boxes"][2] = batch["boxes"][2][:0]  # an image without boxes
+    batch["labels"][2] = batch["labels"][2][:0]
+    back = pickle.loads(ForkingPickler.dumps(batch))  # what a worker's queue does
+    assert isinstance(back, Batch) and back.keys() == batch.keys()
+    for key, value in batch.items():
+        if isinstance(value, list):
+            assert len(back[key]) == 5
+            assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(value, back[key]))
+        else:
+            assert torch.equal(value, back[key]) and value.dtype == back[key].dtype
+
+
 def test_end_to_end_batch_feeds_the_loss(shapes, dboxes):
     from ssdwb.box_coder import BoxCoder
     from ssdwb.loss import MultiBoxLoss

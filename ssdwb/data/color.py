@@ -4,15 +4,18 @@ with its hue, brightness and contrast steps done by table lookups.
 The reference jitters PIL images with torchvision's ``ColorJitter``, whose hue step
 (``adjust_hue``) converts the image to HSV, adds to H and converts back. Pillow's two conversions
 (``rgb2hsv_row`` / ``hsv2rgb`` in its Convert.c) are per-pixel float code, the largest step of the
-training input pipeline after decoding and resizing (2.7 ms per image here; 2.1 ms with the
+training input pipeline after decoding and resizing (2.7 ms per image here; 1.4 ms with the
 tables, ``bench/bench_data.py --stages``). Their results depend on little of the input, so they
-become lookups:
+become lookups, done in numpy with in-place integer steps (each temporary array costs as much as
+a lookup):
 
 * H of a colour depends only on (r - g, g - b): it is built from (max - c) / (max - min).
   A 511 x 511 table. S depends on (max - min, max): a 256 x 256 table. V is max(r, g, b).
 * Back to RGB, every output channel is round(V * w) with a weight w that depends on (H, S)
   only: 1 for the channel that is V, and (1 - s), (1 - s f), (1 - s (1 - f)) for the others,
-  chosen by the sector of H: a table of 65,536 x 3 weights.
+  chosen by the sector of H: a table of 65,536 x (r, g, b, 0) weights, gathered as 16-byte
+  elements (numpy's ``take`` on rows of 12 bytes is half as fast) and written back to Pillow as
+  RGBX.
 
 Brightness and contrast blend with a constant image, so they become 256-entry ``point`` tables
 made by Pillow's own ``blend``. The H and S tables hold Pillow's own conversion of one

@@ -5,10 +5,11 @@ used it, so each rank read the whole dataset). A single process uses the same sa
 replica, so the sample order depends only on (seed, epoch): resuming at epoch e reproduces it.
 
 Batches carry uint8 images; whoever runs the model normalises them on its device
-(``normalize(batch["images"].to(device))``, as ``train.py`` and ``evaluate.py`` do). Float32
-batches are four times the bytes to move from a worker to the training process and on to the GPU,
-and on this project's 2-core test machine moving them cost each worker about a fifth of its time
-(``bench/bench_data.py``); on a GPU the normalisation is free.
+(``normalize(batch["images"].to(device))``, as ``train.py`` and ``evaluate.py`` do): float32
+batches are four times the bytes to move from a worker to the training process and on to the
+GPU, where the normalisation is free. What mattered more on the CPU was the number of tensors
+per batch (see :class:`Batch`): with 2 workers on 2 cores, ``bench/bench_data.py`` went from 113
+to 114 img/s/core with uint8 images alone and to 140 with the packed batch.
 
 Where the boxes get encoded (``encode_on``):
 
@@ -37,27 +38,30 @@ class Batch(dict):
     A worker sends each tensor of a batch through its own shared-memory segment and file
     descriptor, and the receiver fetches every descriptor over a socket: with per-image box and
     label tensors that was 68 transfers per batch of 32, and the training process spent more time
-    receiving batches than normalising them. Pickled, the small per-image tensors travel by value
-    in three numpy arrays (the boxes and labels of all images, and the per-image box counts) and
-    are split back into per-image tensors on arrival; only the large tensors (images, encoded
-    targets) go through shared memory.
+    receiving batches than normalising them. Pickled, the small tensors travel by value as numpy
+    arrays (the boxes and labels of all images concatenated, with the per-image counts; the image
+    ids and sizes) and become tensors again on arrival, the boxes and labels split per image;
+    only the large tensors (images, encoded targets) go through shared memory.
     """
 
-    _PACKED = ("boxes", "labels")
+    _PACKED = ("boxes", "labels")  # lists of per-image tensors
+    _BY_VALUE = ("image_ids", "orig_sizes")  # one small tensor each
 
     def __reduce__(self):
-        rest = {k: v for k, v in self.items() if k not in self._PACKED}
         if not all(k in self for k in self._PACKED):
-            return Batch, (rest,)
+            return Batch, (dict(self),)
+        rest = {k: v for k, v in self.items() if k not in self._PACKED + self._BY_VALUE}
+        small = {k: self[k].numpy() for k in self._BY_VALUE if k in self}
         counts = [len(b) for b in self["boxes"]]
         packed = (torch.cat(self["boxes"]).reshape(-1, 4).numpy(),
                   torch.cat(self["labels"]).numpy(), counts)
-        return _unpack_batch, (rest, packed)
+        return _unpack_batch, (rest, small, packed)
 
 
-def _unpack_batch(rest: dict, packed) -> Batch:
+def _unpack_batch(rest: dict, small: dict, packed) -> Batch:
     boxes, labels, counts = packed
     batch = Batch(rest)
+    batch.update({k: torch.from_numpy(v) for k, v in small.items()})
     batch["boxes"] = list(torch.from_numpy(boxes).split(counts))
     batch["labels"] = list(torch.from_numpy(labels).split(counts))
     return batch
