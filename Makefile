@@ -52,6 +52,7 @@ demo: venv
 
 bench: venv
 	$(PY) bench/bench_core.py
+	$(PY) bench/bench_data.py --stages
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build

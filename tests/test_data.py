@@ -170,10 +170,16 @@ def test_train_transform_deterministic_and_normalised(shapes):
         assert torch.equal(ia, ib) and torch.equal(ta["boxes"], tb["boxes"])
     img = a[0][0]
     assert img.shape == (3, 300, 300) and img.dtype == torch.uint8
-    x = normalize(img[None])
-    # the reference: ToTensor (float, / 255) then Normalize, bit for bit
-    expected = F.normalize(img.float().div(255), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    assert torch.equal(x[0], expected)
+    from ssdwb.data.transforms import _normalize_batch
+
+    images = torch.stack([t for t, _ in a[:3]])
+    # the reference: ToTensor (float, / 255) then Normalize, bit for bit; the CPU's image by
+    # image passes, the GPU's whole batch (run here on the CPU), and a channels-last batch
+    expected = torch.stack([F.normalize(t.float().div(255), [0.485, 0.456, 0.406],
+                                        [0.229, 0.224, 0.225]) for t in images])
+    channels_last = images.contiguous(memory_format=torch.channels_last)
+    for x in (normalize(images), _normalize_batch(images), normalize(channels_last)):
+        assert x.dtype == torch.float32 and torch.equal(x, expected)
 
 
 def test_resize_tensor_is_within_one_level_of_pil(shapes):
@@ -360,3 +366,36 @@ def test_end_to_end_batch_feeds_the_loss(shapes, dboxes):
     loss = MultiBoxLoss(dboxes)(ploc, plabel, batch["gloc"].transpose(1, 2), batch["glabel"])
     assert math.isfinite(loss.item()) and loss.item() > 0
     loss.backward()
+
+
+EXIT_SCRIPT = """
+import sys
+from ssdwb.data import CocoDetection, build_loader, train_transform
+root = sys.argv[1]
+ds = CocoDetection(root + "/train", root + "/annotations/instances_train.json",
+                   transform=train_transform())
+loader = build_loader(ds, 4, train=True, num_workers=2, persistent_workers=sys.argv[2] == "1")
+if sys.argv[2] == "1":
+    for batch in loader:  # a whole epoch: the persistent workers stay, idle
+        pass
+else:
+    part_way = iter(loader)  # an iterator left part-way through an epoch
+    next(part_way)
+print("end of script", flush=True)
+"""
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_exit_does_not_wait_for_workers(shapes, tmp_path, persistent):
+    # Module-level loaders whose workers outlive the code (a script, a notebook kernel): the
+    # workers ignore SIGTERM, so without Loader's exit hook multiprocessing's exit handler
+    # waited for them forever.
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(EXIT_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(shapes), str(int(persistent))],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "end of script" in out.stdout

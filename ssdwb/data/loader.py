@@ -14,22 +14,31 @@ to 114 img/s/core with uint8 images alone and to 140 with the packed batch.
 Where the boxes get encoded (``encode_on``):
 
 * ``"worker"`` (default on CPU): ``BoxCoder.encode_batch`` runs in the loader's worker processes,
-  in parallel with the training step; the main process only receives finished targets.
+  in parallel with the training step; the training process only receives finished targets.
 * ``"device"`` (default on CUDA): the collate returns the raw box lists and the training loop
-  encodes the batch on the GPU (one batched call, ~1 ms for 8732 priors), which keeps the CPU
-  workers free for JPEG decoding, the real bottleneck of a CPU input pipeline.
+  encodes the batch on the GPU in one batched call, which keeps the CPU workers for decoding and
+  augmenting, the bottleneck of a GPU node's input pipeline.
 
-The defaults are reasoned, not yet measured side by side: on CPU, encoding in the main process
-would serialise with the training step, while in the workers it overlaps with it; on CUDA the
-batched encode is cheap and the workers are better spent decoding.
+Measured on CPU (``bench/bench_data.py --stages``): the encode costs 0.23 ms per image, about
+4 % of a worker's work per image (decoding and augmenting take ~6 ms). Where it runs does not
+change the loader's throughput in the bench (2 workers: 144.0 img/s/core encoding in the
+workers, 145.2 in the consumer), because the bench's consumer has nothing else to do; in
+training the consumer is the training step, and on CPU its encode (7 ms per batch of 32) would
+be added to every step, while in the workers it overlaps with it: hence "worker" on CPU. On
+CUDA the same 4 % of the workers' CPU is what "device" saves, for a few batched kernels on the
+GPU (not measured: this machine has no GPU; ``tests/test_box_coder.py`` checks that CUDA and
+CPU encodes agree where a GPU is present).
 """
 
 from __future__ import annotations
 
+import atexit
+import weakref
+
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
-__all__ = ["Batch", "Collate", "build_loader", "set_epoch"]
+__all__ = ["Batch", "Collate", "Loader", "build_loader", "set_epoch"]
 
 
 class Batch(dict):
@@ -114,6 +123,34 @@ def _worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+# Iterators that have worker processes, shut down at exit (see _shutdown_workers_at_exit).
+_worker_iterators: weakref.WeakSet = weakref.WeakSet()
+
+
+class Loader(DataLoader):
+    """``DataLoader`` whose worker processes are shut down before the interpreter exits.
+
+    The workers ignore SIGTERM (:func:`_worker_init`), and multiprocessing's exit handler stops
+    daemonic children with SIGTERM and then waits for them: a loader whose iterator outlives the
+    program's code (a module-level ``loader`` with ``persistent_workers=True``, or an iterator
+    left part-way through an epoch) would otherwise hang the exit forever on CPU. torch shuts
+    persistent workers down at exit itself only when it pins memory."""
+
+    def _get_iterator(self):
+        iterator = super()._get_iterator()
+        if self.num_workers > 0:
+            _worker_iterators.add(iterator)
+        return iterator
+
+
+@atexit.register
+def _shutdown_workers_at_exit() -> None:
+    # Registered after torch and multiprocessing register theirs, so it runs before both: the
+    # workers get the end-of-work message while the queues still work.
+    for iterator in list(_worker_iterators):
+        iterator._shutdown_workers()
+
+
 class ShardSampler(DistributedSampler):
     """``DistributedSampler`` that can start an epoch part-way: ``skip_batches(n, batch_size)``
     drops the first ``n`` batches of the next pass without loading them.
@@ -136,7 +173,7 @@ def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None
                  num_workers: int = 0, seed: int = 0, coder=None, encode_on: str = "worker",
                  device: torch.device | str = "cpu", drop_last: bool | None = None,
                  persistent_workers: bool = False, rank: int | None = None,
-                 world_size: int | None = None) -> DataLoader:
+                 world_size: int | None = None) -> Loader:
     """A DataLoader over ``dataset`` for one rank.
 
     Args:
@@ -156,7 +193,7 @@ def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None
                                  drop_last=drop_last)
     if encode_on not in ("worker", "device"):
         raise ValueError(f"encode_on must be 'worker' or 'device', not {encode_on!r}")
-    loader = DataLoader(
+    loader = Loader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         collate_fn=Collate(coder if encode_on == "worker" else None),
         pin_memory=torch.device(device).type == "cuda", drop_last=drop_last,

