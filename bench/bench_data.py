@@ -170,6 +170,19 @@ def stage_times(dataset, coder, batch: int) -> dict[str, float]:
     return {k: 1e3 * spent.get(k, 0.0) / len(samples) for k in order}
 
 
+# Issue 3's targets for the default pipeline (reference pixels): images/s per core, and the
+# ratio to the torchvision v2 equivalent measured in the same run.
+TARGET_RATE, TARGET_RATIO = 150.0, 2.0
+
+
+def target_verdict(rate: float, ratio: float) -> str:
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+    return (f"targets for ssdwb (reference pixels): {TARGET_RATE:.0f} img/s per core "
+            f"{met(rate >= TARGET_RATE)}, {TARGET_RATIO:.0f}x the v2 equivalent "
+            f"{met(ratio >= TARGET_RATIO)}")
+
+
 PIPELINES = ("ssdwb (reference pixels)", "ssdwb resize=tensor", "ssdwb, encode in the consumer",
              "torchvision v2 equivalent", "torchvision detection \"ssd\" preset")
 
@@ -210,6 +223,7 @@ def main() -> None:
             for name, rate in zip(PIPELINES, rates):
                 print(f"  {name:36s} {rate:6.1f}   {rate / rates[3]:4.2f}x the v2 equivalent",
                       flush=True)
+            print("  " + target_verdict(rates[0], rates[0] / rates[3]), flush=True)
             del loaders  # shut the workers down before the next setting starts its own
         if args.stages:
             for name, ms in stage_times(dataset(train_transform()), coder, args.batch).items():

@@ -34,8 +34,21 @@ def test_bench_data_prints_every_pipeline_and_stage(workers):
         assert line.strip().startswith(name) and figure(line) > 0
         assert line.rstrip().endswith("x the v2 equivalent")
     assert lines[4].rstrip().endswith("1.00x the v2 equivalent")
+    assert re.fullmatch(r"targets for ssdwb \(reference pixels\): 150 img/s per core (NOT )?met, "
+                        r"2x the v2 equivalent (NOT )?met", lines[6].strip()), lines[6]
     if workers == "0":
-        stages = {line[:36].strip(): figure(line) for line in lines[6:]}
+        stages = {line[:36].strip(): figure(line) for line in lines[7:]}
         assert {"decode", "colour jitter", "encode (BoxCoder.encode_batch)",
                 "normalise (consumer)"} <= stages.keys()
         assert all(ms > 0 for ms in stages.values())
+
+
+def test_target_verdict_names_what_is_short():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_data import target_verdict
+    finally:
+        sys.path.remove(str(BENCH))
+    assert target_verdict(150.0, 2.0).count("NOT") == 0
+    assert "per core NOT met, 2x the v2 equivalent met" in target_verdict(149.9, 2.5)
+    assert "per core met, 2x the v2 equivalent NOT met" in target_verdict(300.0, 1.99)

@@ -76,3 +76,16 @@ def test_brightness_and_contrast_equal_torchvision(factor):
                               np.asarray(F.adjust_brightness(image, factor)))
         assert np.array_equal(np.asarray(adjust_contrast(image, factor)),
                               np.asarray(F.adjust_contrast(image, factor)))
+
+
+def test_contrast_mean_rounds_as_imagestat():
+    """The grey level of the contrast blend is ImageStat's mean rounded half up: images whose
+    mean luminance is just below, at and above a half level, and a constant image."""
+    from PIL import ImageEnhance
+
+    for levels in ([10, 11], [10, 11, 11, 10, 11], [200, 201, 200], [0], [255, 254]):
+        grey = Image.frombytes("L", (len(levels), 1), bytes(levels))
+        image = Image.merge("RGB", [grey, grey, grey])
+        for factor in (0.5, 1.5):
+            assert np.array_equal(np.asarray(adjust_contrast(image, factor)),
+                                  np.asarray(ImageEnhance.Contrast(image).enhance(factor)))

@@ -273,6 +273,19 @@ def test_crop_in_numpy_equals_torch_ops(seed, n):
     assert torch.equal(b1, b2) and torch.equal(l1, l2) and b1.dtype == torch.float32
 
 
+def test_to_tensor_equals_pil_to_tensor():
+    from ssdwb.data.transforms import to_tensor
+
+    rng = np.random.default_rng(0)
+    for w, h in ((300, 300), (97, 61), (1, 5)):
+        rgb = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        x = to_tensor(rgb)
+        assert x.is_contiguous() and x.dtype == torch.uint8
+        assert torch.equal(x, F.pil_to_tensor(rgb))
+        grey = rgb.convert("L")  # other modes: torchvision's conversion
+        assert torch.equal(to_tensor(grey), F.pil_to_tensor(grey))
+
+
 def test_fast_path_pixels_equal_literal_reference_order(shapes):
     """flip after resize == crop, flip, resize done literally."""
     ds = train_ds(shapes)

@@ -19,10 +19,12 @@ Where the boxes get encoded (``encode_on``):
   encodes the batch on the GPU in one batched call, which keeps the CPU workers for decoding and
   augmenting, the bottleneck of a GPU node's input pipeline.
 
-Measured on CPU (``bench/bench_data.py --stages``): the encode costs 0.23 ms per image, about
-4 % of a worker's work per image (decoding and augmenting take ~6 ms). Where it runs does not
-change the loader's throughput in the bench (2 workers: 144.0 img/s/core encoding in the
-workers, 145.2 in the consumer), because the bench's consumer has nothing else to do; in
+Measured on CPU (``bench/bench_data.py --stages``, 2026-11-24): the encode costs 0.23 ms per
+image, about 4 % of a worker's work per image (decoding and augmenting take ~6 ms). Where it
+runs does not change the loader's throughput in the bench (2 workers: 144.0 img/s/core encoding
+in the workers, 145.2 in the consumer; on 2026-12-01's faster host 164-214 and 201-208 over
+three runs, inside the bench's run-to-run spread), because the bench's consumer has nothing
+else to do; in
 training the consumer is the training step, and on CPU its encode (7 ms per batch of 32) would
 be added to every step, while in the workers it overlaps with it: hence "worker" on CPU. On
 CUDA the same 4 % of the workers' CPU is what "device" saves, for a few batched kernels on the
