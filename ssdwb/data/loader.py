@@ -24,12 +24,11 @@ image, about 4 % of a worker's work per image (decoding and augmenting take ~6 m
 runs does not change the loader's throughput in the bench (2 workers: 144.0 img/s/core encoding
 in the workers, 145.2 in the consumer; on 2026-12-01's faster host 164-214 and 201-208 over
 three runs, inside the bench's run-to-run spread), because the bench's consumer has nothing
-else to do; in
-training the consumer is the training step, and on CPU its encode (7 ms per batch of 32) would
-be added to every step, while in the workers it overlaps with it: hence "worker" on CPU. On
-CUDA the same 4 % of the workers' CPU is what "device" saves, for a few batched kernels on the
-GPU (not measured: this machine has no GPU; ``tests/test_box_coder.py`` checks that CUDA and
-CPU encodes agree where a GPU is present).
+else to do; in training the consumer is the training step, and on CPU its encode (7 ms per batch
+of 32) would be added to every step, while in the workers it overlaps with it: hence "worker" on
+CPU. On CUDA the same 4 % of the workers' CPU is what "device" saves, for a few batched kernels
+on the GPU (not measured: this machine has no GPU; ``tests/test_box_coder.py`` checks that CUDA
+and CPU encodes agree where a GPU is present).
 """
 
 from __future__ import annotations
