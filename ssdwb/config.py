@@ -159,8 +159,9 @@ class TrainConfig:
 # Named presets. "demo": the synthetic shapes set (ssdwb.runs.DEMO_DATA, 960 images of 300x300)
 # on this project's 2-core CPU machine. The full SSD300 trains at ~2.2 images/s there, so the demo
 # trains the same design at a quarter of the channels (model_width 0.25, ~19 images/s) from
-# random init; 14 epochs (840 iterations) took 785 s with evals (`make demo`). An LR flag of 0.2 (0.1 at
-# batch 16) diverged in a trial; 0.05 did not (README, The demo).
+# random init; 14 epochs (840 iterations) took 785 s with evals (`make demo`, 2026-11-24), 478 s on
+# the faster host of 2026-12-01. An LR flag of 0.2 (0.1 at batch 16) diverged in a trial; 0.05 did
+# not (README, The demo).
 PRESETS: dict[str, dict] = {
     "reference": {},
     "demo": {
