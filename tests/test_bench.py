@@ -36,6 +36,9 @@ def test_bench_data_prints_every_pipeline_and_stage(workers):
     assert lines[4].rstrip().endswith("1.00x the v2 equivalent")
     assert re.fullmatch(r"targets for ssdwb \(reference pixels\): 150 img/s per core (NOT )?met, "
                         r"2x the v2 equivalent (NOT )?met", lines[6].strip()), lines[6]
+    if workers == "2":
+        assert re.fullmatch(r"consumer process, ssdwb \(reference pixels\): \d+ % of one core "
+                            r"during its best pass", lines[7].strip()), lines[7]
     if workers == "0":
         stages = {line[:36].strip(): figure(line) for line in lines[7:]}
         assert {"decode", "colour jitter", "encode (BoxCoder.encode_batch)",
