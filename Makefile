@@ -9,8 +9,10 @@ DATA ?= data/shapes
 WORKERS ?= 2
 
 NBVAL := build/nbval
-# Debian packages the browser and Slurm tests need; installed when missing and we are root
-# (CI), otherwise those tests skip and say why.
+# Debian packages the tests need: chromium (tests/test_browser.py), slurm-wlm and munge (the
+# local Slurm cluster, tests/slurm_cluster.py), shellcheck (tests/test_slurm.py). `make
+# system-deps` installs them when missing and we are root (CI); the tests never install
+# anything: without them they skip and say why.
 SYSTEM_PACKAGES := chromium slurm-wlm munge shellcheck
 
 .PHONY: venv test lint demo bench clean system-deps notebooks-prepare

@@ -12,5 +12,8 @@ export EVAL_BATCHSIZE=${EVAL_BATCHSIZE:-160}
 export NUMEPOCHS=${NUMEPOCHS:-70}
 export PRESET=${PRESET:-reference}
 export DEVICE=${DEVICE:-cuda}
-export NUM_WORKERS=${NUM_WORKERS:-8}
+export AMP=${AMP:-fp16}                     # mixed precision (GradScaler): V100 tensor cores
+export CHANNELS_LAST=${CHANNELS_LAST:-true} # NHWC convolutions: faster on tensor cores
+export NUM_WORKERS=${NUM_WORKERS:-8}        # loader processes per rank: at most CPUs/rank - 1
+                                            # (a 40-core C4140: 10 per rank; run.slurm warns)
 export WALLTIME=${WALLTIME:-01:00:00}

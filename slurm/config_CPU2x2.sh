@@ -15,6 +15,9 @@ export NUMEPOCHS=${NUMEPOCHS:-2}
 export EVAL_AT=${EVAL_AT:-[1,2]}            # epochs (the demo preset counts in epochs)
 export PRESET=${PRESET:-demo}
 export DEVICE=${DEVICE:-cpu}
-export NUM_WORKERS=${NUM_WORKERS:-0}        # in-process loading: mid-epoch resume is exact
+export AMP=${AMP:-off}                      # float32 on CPU
+export CHANNELS_LAST=${CHANNELS_LAST:-false}
+export NUM_WORKERS=${NUM_WORKERS:-0}        # in-process loading: mid-epoch resume is exact;
+                                            # 1 CPU per rank here (2 per node, 2 ranks)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export WALLTIME=${WALLTIME:-00:30:00}

@@ -28,7 +28,7 @@ params=(-r preset "$PRESET" -r data_dir "$DATADIR" -r run_dir "$LOGDIR" -r run_i
         -p resume "$RESUME" -p seed "$SEED" -p batch_size "$BATCHSIZE" -p lr "$LR"
         -r lr_scaling "$LR_SCALING" -p weight_decay "$WD" -p warmup "$WARMUP"
         -p eval_batch_size "$EVAL_BATCHSIZE" -p epochs "$NUMEPOCHS" -r device "$DEVICE"
-        -p num_workers "$NUM_WORKERS" -r amp "${AMP:-off}")
+        -p num_workers "$NUM_WORKERS" -r amp "$AMP" -p channels_last "$CHANNELS_LAST")
 [[ -n "${EVAL_AT:-}" ]] && params+=(-p eval_at "$EVAL_AT")
 # EXTRA="key=value ..." plus the MLPerf platform name, as the notebook's `extra` list (JSON).
 extra=$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1].split() + ["submission_platform=" + sys.argv[2]]))' \

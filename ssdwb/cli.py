@@ -1,11 +1,15 @@
-"""The ``ssdwb`` command: ``ssdwb data {synth,download,verify}``, ``ssdwb train``, ``ssdwb eval``,
-``ssdwb demo``. Thin: each subcommand parses flags and calls the package."""
+"""The ``ssdwb`` command, every subcommand of the project: ``ssdwb data {synth,download,verify}``,
+``ssdwb train``, ``ssdwb eval``, ``ssdwb demo``, ``ssdwb report``, ``ssdwb notebook``,
+``ssdwb checkpoint convert``. Thin: each subcommand parses flags and calls the package.
+``python -m ssdwb.train ...`` is ``ssdwb train ...``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 
 
 def _data(args) -> int:
@@ -22,6 +26,11 @@ def _data(args) -> int:
     try:
         if args.data_cmd == "download":
             report = download_coco(args.datadir, keep_zips=not args.remove_zips)
+        elif args.decode:
+            from ssdwb.data.verify import verify_decode
+
+            report = verify_decode(args.datadir, workers=args.workers,
+                                   check_zips=not args.skip_md5)
         else:
             report = verify_coco(args.datadir, check_zips=not args.skip_md5)
     except DatasetError as e:
@@ -30,6 +39,169 @@ def _data(args) -> int:
     print("\n".join(report))
     print("ok")
     return 0
+
+
+# --- train, eval, demo, report, notebook, checkpoint ------------------------------------------
+def _config_from_args(args):
+    from ssdwb.config import TrainConfig, preset
+
+    config = preset(args.preset) if args.preset else TrainConfig()
+    if args.config:
+        config = TrainConfig.load(args.config)
+    return config.with_overrides(args.set or [])
+
+
+def _train(args) -> int:
+    from ssdwb.train import train
+
+    if args.resume:
+        summary = train(resume=args.resume, overrides=args.set)
+    else:
+        summary = train(_config_from_args(args))
+    return 0 if summary["status"] == "success" or "signal" in summary["reason"] else 1
+
+
+def _eval(args) -> int:
+    """A checkpoint on a val split, through the evaluator training uses."""
+    import torch
+
+    from ssdwb.anchors import dboxes300_coco
+    from ssdwb.box_coder import BoxCoder
+    from ssdwb.config import TrainConfig
+    from ssdwb.data import CocoDetection, build_loader, resolve_data, val_transform
+    from ssdwb.evaluate import evaluate
+    from ssdwb.model import SSD300
+    from ssdwb.runs import load_checkpoint
+    from ssdwb.runtime import resolve_amp
+
+    ckpt = load_checkpoint(args.checkpoint)
+    config = TrainConfig.from_dict(ckpt["config"], args.checkpoint)
+    device = torch.device(args.device if args.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = resolve_amp(args.amp if args.amp else config.amp, device)
+    paths = resolve_data(args.data or config.data_dir)
+    ds = CocoDetection(paths["val_images"], paths["val_ann"],
+                       transform=val_transform(config.image_size, config.resize))
+    model = SSD300(num_classes=ds.num_classes, width=config.model_width)
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = build_loader(ds, args.batch_size, train=False, num_workers=args.workers,
+                          device=device)
+    stats, _ = evaluate(model, loader, BoxCoder(dboxes300_coco()), ds, device, amp=amp,
+                        channels_last=config.channels_last, backend=args.backend, progress=True)
+    print(json.dumps(stats, indent=1))
+    return 0
+
+
+def _demo(args) -> int:
+    """The README's demo: the training notebook on the synthetic set, then the run's report."""
+    from ssdwb.notebooks import execute
+    from ssdwb.report import render_report
+    from ssdwb.runs import ensure_shapes, resolve_path
+
+    data = ensure_shapes(args.data)
+    run_id = args.run_id or time.strftime("demo-%Y%m%d-%H%M%S")
+    run = resolve_path(args.run_dir) / run_id
+    params = {"preset": "demo", "data_dir": str(data), "run_dir": str(run.parent),
+              "run_id": run_id, "extra": list(args.set or [])}
+    print(f"[ssdwb] training notebook -> {run / 'train.ipynb'}", flush=True)
+    execute("train", run / "train.ipynb", params, progress=False, log_output=True)
+    report = render_report(run)
+    summary = json.loads((run / "summary.json").read_text())
+    print(f"[ssdwb] demo run folder: {run}")
+    print(f"[ssdwb] final mAP@[.5:.95] on the synthetic val split: {summary['final_map']:.4f}")
+    print(f"[ssdwb] report: {report}")
+    return 0 if summary["status"] == "success" else 1
+
+
+def _report(args) -> int:
+    from ssdwb.report import render_report
+
+    try:
+        out = render_report(args.run_dir, args.out, show_code=args.show_code)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+def _notebook(args) -> int:
+    from ssdwb.notebooks import execute, parse_value
+
+    params = {k: parse_value(v) for k, v in (args.parameter or [])}
+    params.update({k: v for k, v in (args.parameter_raw or [])})
+    execute(args.notebook, args.output, params, kernel_name=args.kernel,
+            progress=not args.no_progress, log_output=args.log_output)
+    return 0
+
+
+def _checkpoint(args) -> int:
+    from ssdwb.runs import CheckpointError, convert_checkpoint
+
+    try:
+        out = convert_checkpoint(args.path, args.out)
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{out}: converted to the safe checkpoint format")
+    return 0
+
+
+def _add_run_subcommands(sub) -> None:
+    from ssdwb.config import PRESETS
+    from ssdwb.notebooks import NOTEBOOKS
+
+    tr = sub.add_parser("train", help="train (or resume) a run")
+    tr.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset")
+    tr.add_argument("--config", help="a config.json to start from")
+    tr.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+    tr.add_argument("--resume", metavar="RUN_DIR",
+                    help="continue the run in RUN_DIR (--set then changes its config)")
+    tr.set_defaults(func=_train)
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on a val split")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", help="dataset folder (default: the run's data_dir)")
+    ev.add_argument("--backend", default="faster-coco-eval",
+                    choices=["faster-coco-eval", "pycocotools"])
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--workers", type=int, default=2, help="loader processes")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--amp", choices=["off", "fp16", "bf16", "auto"],
+                    help="default: the run's amp setting")
+    ev.set_defaults(func=_eval)
+    demo = sub.add_parser("demo", help="the training notebook with the demo preset on the "
+                          "synthetic dataset, then the run's HTML report")
+    demo.add_argument("--data", default="data/shapes", help="generated there on first use")
+    demo.add_argument("--run-dir", default="runs")
+    demo.add_argument("--run-id", default="", help="default: demo-<timestamp>")
+    demo.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="change preset fields")
+    demo.set_defaults(func=_demo)
+    rep = sub.add_parser("report", help="a run's executed notebooks -> runs/<id>/report.html")
+    rep.add_argument("run_dir")
+    rep.add_argument("--out", help="default: RUN_DIR/report.html")
+    rep.add_argument("--show-code", action="store_true", help="keep the code of every cell")
+    rep.set_defaults(func=_report)
+    nb = sub.add_parser("notebook", help="execute a project notebook with papermill")
+    nb.add_argument("notebook", help=f"one of {', '.join(NOTEBOOKS)} or a path")
+    nb.add_argument("output", help="where the executed notebook goes")
+    nb.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                    help="a parameter; the value is parsed as JSON when it can be")
+    nb.add_argument("-r", "--parameter-raw", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                    help="a parameter kept as a string")
+    nb.add_argument("-k", "--kernel", default="python3")
+    nb.add_argument("--no-progress", action="store_true")
+    nb.add_argument("--log-output", action="store_true", help="echo what the cells print")
+    nb.set_defaults(func=_notebook)
+    ck = sub.add_parser("checkpoint", help="checkpoint files")
+    cksub = ck.add_subparsers(dest="checkpoint_cmd", required=True)
+    conv = cksub.add_parser("convert", help="rewrite an older ssdwb checkpoint in the safe "
+                            "format (unpickles it fully: only for files you trust)")
+    conv.add_argument("path")
+    conv.add_argument("--out", help="default: overwrite PATH (atomically)")
+    ck.set_defaults(func=_checkpoint)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,16 +224,27 @@ def build_parser() -> argparse.ArgumentParser:
     ver = dsub.add_parser("verify", help="check a COCO 2017 copy (zips and/or extracted)")
     ver.add_argument("datadir")
     ver.add_argument("--skip-md5", action="store_true", help="do not hash the zips (slow)")
+    ver.add_argument("--decode", action="store_true",
+                     help="decode every train and val image (COCO 2017 or synthetic layout) and "
+                          "list the missing, truncated or undecodable files; exit code 1 if any")
+    ver.add_argument("--workers", type=int, default=None,
+                     help="decoding processes for --decode (default: one per CPU)")
     data.set_defaults(func=_data)
 
-    from ssdwb.train import add_subcommands
-
-    add_subcommands(sub)
+    _add_run_subcommands(sub)
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+SUBCOMMANDS = ("data", "train", "eval", "demo", "report", "notebook", "checkpoint")
+
+
+def main(argv: list[str] | None = None, default: str | None = None) -> int:
+    """``default``: the subcommand when ``argv`` names none (``python -m ssdwb.train`` passes
+    "train", so ``python -m ssdwb.train --preset demo`` trains)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if default and (not argv or argv[0] not in SUBCOMMANDS):
+        argv = [default, *argv]
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

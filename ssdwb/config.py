@@ -1,7 +1,10 @@
 """One config object for a training run, with the reference values as defaults, and presets.
 
 The notebook's parameters cell, ``ssdwb train --set key=value`` and the Slurm configs all end
-up here; every run writes it to ``runs/<run_id>/config.json``.
+up here; every run writes it to ``runs/<run_id>/config.json``. Whatever the way in, each field is
+converted to its declared type in ``__post_init__`` (``"False"`` -> False, ``"5"`` or 5.0 -> 5,
+``"1,5"`` -> [1.0, 5.0], ``"none"`` -> None where None is allowed) or refused with a ValueError
+naming the key and the value (``epochs: expected an integer, got 5.5 (float)``).
 
 Schedule points (LR decay, evaluation) are given in the reference's iterations at global batch 32
 (``schedule_unit="ref_iters"``) or directly in epochs (``"epochs"``). Reference iterations become
@@ -30,11 +33,14 @@ class TrainConfig:
     image_size: int = 300  # SSD300
     num_workers: int = 4  # loader processes per rank
     resize: str = "pil"  # pil: the reference's pixels | tensor: torch's kernel, 1 ms/image less
+    skip_bad_images: bool = True  # training: an unreadable image is counted and replaced, not fatal
+    max_bad_image_share: float = 0.01  # stop when more of an epoch's images than this were unreadable
     # model
     model_width: float = 1.0  # channel multiplier: 1.0 is the reference model, 0.25 the CPU demo's
     backbone_weights: str | None = "imagenet"  # "imagenet" (TORCH_HOME), a state-dict path, or None
-    amp: str = "off"  # off | fp16 (GradScaler) | bf16
+    amp: str = "off"  # off | fp16 (GradScaler) | bf16 | auto (bf16 on a bf16 CPU, fp16 on CUDA)
     channels_last: bool = False  # NHWC convolutions: faster on tensor cores
+    cudnn_benchmark: bool = True  # cuDNN picks the fastest convolution algorithms (CUDA only)
     # optimisation (SPEC.md)
     batch_size: int = 32  # images per process; global batch = batch_size * world size
     lr: float = 2.5e-3  # base LR for a global batch of 32, scaled by lr_scaling
@@ -65,7 +71,12 @@ class TrainConfig:
     submission_platform: str = "unknown"
 
     def __post_init__(self) -> None:
-        choices = {"amp": ("off", "fp16", "bf16"), "lr_scaling": ("linear", "dell"),
+        # Every way in (TrainConfig(...), presets, from_dict/load, with_overrides, the training
+        # notebook's papermill parameters and so the Slurm configs) passes here: each field is
+        # converted to its declared type or refused, so "False" cannot arrive as a truthy string.
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _CONVERTERS[f.type](f.name, getattr(self, f.name)))
+        choices = {"amp": ("off", "fp16", "bf16", "auto"), "lr_scaling": ("linear", "dell"),
                    "schedule_unit": ("ref_iters", "epochs"),
                    "eval_backend": ("faster-coco-eval", "pycocotools"),
                    "device": ("auto", "cpu", "cuda"), "encode_on": ("auto", "worker", "device"),
@@ -75,6 +86,9 @@ class TrainConfig:
                 raise ValueError(f"{key} must be one of {allowed}, not {getattr(self, key)!r}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be positive")
+        if not 0.0 <= self.max_bad_image_share <= 1.0:
+            raise ValueError(f"max_bad_image_share: expected a share from 0 to 1, got "
+                             f"{self.max_bad_image_share!r}")
 
     # --- derived values -------------------------------------------------------------------
     def global_batch(self, world_size: int) -> int:
@@ -119,11 +133,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
+        """A config from a mapping (config.json, a checkpoint's copy); errors name ``source``."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"{source}: unknown config key(s) {unknown}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainConfig:
@@ -131,29 +149,123 @@ class TrainConfig:
             values = json.loads(Path(path).read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a JSON object of config keys")
         return cls.from_dict(values, str(path))
 
     def replace(self, **changes) -> TrainConfig:
-        return self.from_dict({**self.to_dict(), **changes})
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}")
+        return type(self)(**{**self.to_dict(), **changes})
 
     def with_overrides(self, pairs: list[str]) -> TrainConfig:
-        """Applies ``key=value`` strings; values parse as JSON when they can (numbers, lists)."""
+        """Applies ``key=value`` strings (``ssdwb train --set``, the notebook's ``extra``). The
+        value stays a string here and is converted by the field's type like any other input:
+        ``true``/``no``, ``5``, ``2.5e-3``, ``[1, 5]`` or ``1,5``, ``null`` where None is allowed."""
         changes = {}
-        types = {f.name: f.type for f in dataclasses.fields(self)}
+        names = {f.name for f in dataclasses.fields(self)}
         for pair in pairs:
+            if not isinstance(pair, str):
+                raise ValueError(f"--set takes key=value strings, got {pair!r}")
             key, sep, raw = pair.partition("=")
+            key = key.strip()
             if not sep:
                 raise ValueError(f"--set takes key=value, got {pair!r}")
-            if key not in types:
+            if key not in names:
                 raise ValueError(f"unknown config key {key!r}")
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
-            if types[key] in ("str", "str | None") and not isinstance(value, str) and value is not None:
-                value = raw
-            changes[key] = value
+            changes[key] = raw
         return self.replace(**changes)
+
+
+# --- field conversion: one function per declared type ---------------------------------------
+def _got(value) -> str:
+    return f"got {value!r} ({type(value).__name__})"
+
+
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+
+
+def _to_bool(key: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):  # JSON 0/1
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{key}: expected a boolean (true/false, 1/0, yes/no), {_got(value)}")
+
+
+def _to_int(key: str, value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+    if isinstance(number, float) and not isinstance(value, bool) and number.is_integer():
+        return int(number)  # 5.0 (a float from JSON or a YAML parameter) is the integer 5
+    raise ValueError(f"{key}: expected an integer, {_got(value)}")
+
+
+def _to_float(key: str, value) -> float:
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"{key}: expected a finite number, {_got(value)}")
+    return number
+
+
+def _to_float_list(key: str, value) -> list[float]:
+    items = value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError(f"{key}: expected a list of numbers, {_got(value)}") from None
+        else:  # "1,5" or "1, 5"; "" is the empty list
+            items = [part for part in text.split(",") if part.strip()]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [value]  # papermill -p eval_at 5
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"{key}: expected a list of numbers, {_got(value)}")
+    return [_to_float(f"{key}[{i}]", item) for i, item in enumerate(items)]
+
+
+def _to_str(key: str, value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # run_id=123 given as a number
+    raise ValueError(f"{key}: expected a string, {_got(value)}")
+
+
+def _to_optional_str(key: str, value) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none")):
+        return None
+    return _to_str(key, value)
+
+
+_CONVERTERS = {"bool": _to_bool, "int": _to_int, "float": _to_float, "str": _to_str,
+               "str | None": _to_optional_str, "list[float]": _to_float_list}
+_untyped = [f.name for f in dataclasses.fields(TrainConfig) if f.type not in _CONVERTERS]
+if _untyped:  # a new field with a type this module cannot convert yet
+    raise TypeError(f"TrainConfig fields without a converter: {_untyped}")
 
 
 # Named presets. "demo": the synthetic shapes set (ssdwb.runs.DEMO_DATA, 960 images of 300x300)
@@ -177,4 +289,4 @@ PRESETS: dict[str, dict] = {
 def preset(name: str, **changes) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return TrainConfig(**{**PRESETS[name], **changes})
+    return TrainConfig(**PRESETS[name]).replace(**changes)

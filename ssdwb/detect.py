@@ -28,16 +28,21 @@ NMS, two strategies with the same result (tests compare them with each other, wi
 Both compute IoUs in float32 like the reference. (One per-image call with classes moved apart by
 offsets, ``batched_nms``'s trick for small inputs, is not offered: in float32 the offsets round
 coordinates, and in float64 the IoUs are no longer the reference's float32 ones.)
-The reference removes IoU >= threshold compared in float32, torchvision IoU > threshold in
-double: the ``nms`` calls get the largest double below the float32 threshold, which turns ``>``
-into ``>=`` for every float32 IoU. Two zero-area boxes at one place have IoU 0/0 = NaN and both
-stay, as in torchvision (the reference's ``iou < 0.5`` test would remove the second).
+The reference removes IoU >= threshold compared in float32, torchvision IoU > threshold: every
+comparison here (the ``nms`` calls and the batched pass) uses ``iou > t32``, where ``t32`` is the
+largest float32 below float32(threshold) (``_suppress_above``), which turns ``>`` into ``>=``
+for every float32 IoU. It must be a float32 value: torchvision's CPU kernel compares with a
+double, but its CUDA kernel takes the threshold as a float, which would round the largest
+*double* below 0.5 back up to 0.5 (keeping IoU exactly 0.5). Two zero-area boxes at one place
+have IoU 0/0 = NaN and both stay, as in torchvision (the reference's ``iou < 0.5`` test would
+remove the second).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torchvision.ops import nms
 
@@ -153,11 +158,10 @@ def _greedy_nms(boxes: torch.Tensor, row: torch.Tensor, col: torch.Tensor, sizes
         row, col (Tensor[N]): each entry's group and rank in it; sizes (Tensor[G]).
     """
     keep = torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
-    # kernel: IoU > threshold (double); reference: IoU >= threshold, compared in float32
-    threshold = math.nextafter(float(torch.tensor(nms_iou, dtype=torch.float32)), 0.0)
+    threshold = _suppress_above(nms_iou)  # the reference's IoU >= nms_iou as IoU > threshold
     small = (sizes <= _BATCHED_MAX) & (strategy == "batched")
     if bool(small.any()):
-        keep_small = _batched_greedy_nms(boxes, row, col, small, nms_iou)
+        keep_small = _batched_greedy_nms(boxes, row, col, small, threshold)
         keep = torch.where(small[row], keep_small, keep)
     start = (sizes.cumsum(0) - sizes).tolist()
     for g in (~small & (sizes > 1)).nonzero().squeeze(1).tolist():  # scores: the group's order
@@ -172,7 +176,14 @@ def _greedy_nms(boxes: torch.Tensor, row: torch.Tensor, col: torch.Tensor, sizes
 _BATCHED_MAX = 64  # groups up to this size go through one batched pass
 
 
-def _batched_greedy_nms(boxes, row, col, small, nms_iou) -> torch.Tensor:
+def _suppress_above(nms_iou: float) -> float:
+    """The largest float32 below float32(nms_iou), as a Python float (exact in float32, so a
+    float parameter, as in torchvision's CUDA kernel, holds it unchanged): for a float32 IoU,
+    ``iou > _suppress_above(t)`` is the reference's ``iou >= float32(t)``."""
+    return float(np.nextafter(np.float32(nms_iou), np.float32(0)))
+
+
+def _batched_greedy_nms(boxes, row, col, small, threshold: float) -> torch.Tensor:
     """Greedy NMS of all small groups at once, in a padded [groups, L, L] IoU table.
 
     Per pair the float32 operations are those of ``torchvision.ops.nms``'s CPU kernel
@@ -196,7 +207,7 @@ def _batched_greedy_nms(boxes, row, col, small, nms_iou) -> torch.Tensor:
     inter = w * h
     area = (x2 - x1) * (y2 - y1)
     iou = inter / (area[:, :, None] + area[:, None, :] - inter)
-    over = iou >= torch.tensor(nms_iou, dtype=torch.float32)  # the reference's float32 test
+    over = iou > threshold  # float32 IoU against a float32 value: the nms calls' test
     kept = valid.clone()
     for i in range(width - 1):  # box i, if still kept, removes the later boxes it overlaps
         kept[:, i + 1:] &= ~(over[:, i, i + 1:] & kept[:, i:i + 1])

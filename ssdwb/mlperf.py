@@ -1,8 +1,9 @@
 """MLPerf v0.6 ``:::MLL`` logging, as ``python -m mlperf_logging.compliance_checker --usage training
 --ruleset 0.6.0`` reads it: ``:::MLL <unix time> <key>: {"value": ..., "metadata": {...}}``.
 
-Only rank 0 writes. Lines are appended and flushed one by one; ``truncate`` cuts the file back to
-a byte offset recorded in a checkpoint, so a resumed run continues one compliant log.
+Only rank 0 writes. Lines are appended and flushed one by one. Which events a run logs, and when,
+is ``ssdwb.runs.RunFolder``'s job (it also cuts the log back to a checkpoint's offset on resume,
+so a resumed run continues one compliant log).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["MLPerfLogger", "truncate_file"]
+__all__ = ["MLPerfLogger"]
 
 
 class MLPerfLogger:
@@ -30,18 +31,3 @@ class MLPerfLogger:
         line = f":::MLL {time.time():.3f} {key}: {json.dumps({'value': value, 'metadata': meta})}"
         with open(self.path, "a") as f:
             f.write(line + "\n")
-
-    def offset(self) -> int:
-        return self.path.stat().st_size if self.enabled and self.path.exists() else 0
-
-    def truncate(self, offset: int) -> None:
-        if self.enabled and self.path.exists():
-            truncate_file(self.path, offset)
-
-
-def truncate_file(path: Path, offset: int) -> None:
-    """Cuts a file back to ``offset`` bytes, atomically (temp file + rename)."""
-    data = path.read_bytes()[:offset]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

@@ -15,7 +15,6 @@ The kernel is ``python3`` (this interpreter, as ipykernel registers it); Jupyter
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from ssdwb.runs import project_root
 
-__all__ = ["NOTEBOOKS", "notebook_path", "execute", "add_subcommand"]
+__all__ = ["NOTEBOOKS", "notebook_path", "execute", "parse_value"]
 
 NOTEBOOKS = ("anchors", "augmentations", "train", "results", "compare_runs")
 
@@ -97,37 +96,15 @@ def execute(notebook: str | os.PathLike, output: str | os.PathLike, parameters: 
             signal.signal(s, h)
 
 
-def _parse_value(raw: str):
+def parse_value(raw: str):
+    """A ``-p`` value: JSON when it parses (numbers, lists, true/false/null), else the string."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
         return raw
 
 
-def _notebook_cmd(args) -> int:
-    params = {k: _parse_value(v) for k, v in (args.parameter or [])}
-    params.update({k: v for k, v in (args.parameter_raw or [])})
-    execute(args.notebook, args.output, params, kernel_name=args.kernel,
-            progress=not args.no_progress, log_output=args.log_output)
-    return 0
-
-
-def add_subcommand(sub) -> None:
-    nb = sub.add_parser("notebook", help="execute a project notebook with papermill")
-    nb.add_argument("notebook", help=f"one of {', '.join(NOTEBOOKS)} or a path")
-    nb.add_argument("output", help="where the executed notebook goes")
-    nb.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                    help="a parameter; the value is parsed as JSON when it can be")
-    nb.add_argument("-r", "--parameter-raw", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                    help="a parameter kept as a string")
-    nb.add_argument("-k", "--kernel", default="python3")
-    nb.add_argument("--no-progress", action="store_true")
-    nb.add_argument("--log-output", action="store_true", help="echo what the cells print")
-    nb.set_defaults(func=_notebook_cmd)
-
-
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(prog="python -m ssdwb.notebooks")
-    add_subcommand(ap.add_subparsers(dest="cmd", required=True))
-    a = ap.parse_args(["notebook", *sys.argv[1:]])
-    sys.exit(a.func(a))
+    from ssdwb.cli import main
+
+    sys.exit(main(["notebook", *sys.argv[1:]]))

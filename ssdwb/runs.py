@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["project_root", "resolve_path", "ensure_shapes", "Run", "load_run", "find_runs",
+           "RunFolder", "load_checkpoint", "convert_checkpoint", "CheckpointError",
+           "atomic_write", "atomic_json", "rng_state", "set_rng_state",
            "latest_run", "config_diff", "target_of", "time_to_target", "DEMO_DATA", "DEMO_SHAPES"]
 
 # The demo's synthetic dataset: `make demo` and the notebooks' defaults share it. Its images are
@@ -181,3 +183,284 @@ def time_to_target(run: Run, target: float | None = None) -> float | None:
     if not total_t or not total_it:
         return None
     return total_t * hit["iteration"] / total_it
+
+
+# --- writing a run folder -----------------------------------------------------------------------
+# The one owner of what a run writes: config.json, metrics.jsonl, the MLPerf event sequence
+# (mlperf.log), checkpoint.pt and summary.json. The training loop calls it at named points
+# (start, step window, epoch start/end, eval, stop) and never writes a file itself. Only rank 0
+# writes; other ranks hold a RunFolder with ``enabled=False`` whose writes do nothing.
+
+CHECKPOINT_FORMAT = 2  # 2: tensors and plain containers only (loads with weights_only=True)
+_RUN_FILES = ("config.json", "metrics.jsonl", "mlperf.log", "checkpoint.pt", "summary.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely or does not fit the run."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Writes ``path`` through ``write(binary file)`` into a temporary file beside it, fsyncs it,
+    renames it over ``path`` and fsyncs the folder: a reader (or a crash, or a kill -9 at any
+    moment) sees the old complete file or the new complete file, never a torn one; once this
+    returns the new file survives a power loss too (the rename alone would not be durable)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_json(obj, path: str | os.PathLike, indent: int | None = 1) -> None:
+    text = json.dumps(obj, indent=indent) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def truncate_file(path: Path, offset: int) -> None:
+    """Cuts a log back to ``offset`` bytes (a resumed run continues from its checkpoint's logs)."""
+    if path.exists():
+        data = path.read_bytes()[:offset]
+        atomic_write(path, lambda f: f.write(data))
+
+
+def rng_state() -> dict:
+    """This process's RNG states as tensors and plain containers (safe to load)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "python": {"version": version, "state": list(mt), "gauss": gauss},
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                       "has_gauss": has_gauss, "cached_gaussian": cached}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Reads a checkpoint with ``torch.load(weights_only=True)``: tensors and plain containers
+    only, so a crafted file cannot run code. Raises ``CheckpointError`` (naming the file) for a
+    file that holds anything else, such as a checkpoint of ssdwb's first format (numpy RNG
+    states), which ``ssdwb checkpoint convert`` rewrites once the user says they trust it."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint there")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: it holds objects other than tensors and plain containers "
+            f"({first}). Nothing in it was run. If it is a checkpoint written by an older ssdwb "
+            f"(RNG states as numpy objects) and you trust its source, convert it once with "
+            f"`ssdwb checkpoint convert {path}`; a file of unknown origin should be deleted."
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path}: not an ssdwb checkpoint (no 'model' and 'config')")
+    return ckpt
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
+    """Rewrites an older ssdwb checkpoint in the safe format. This unpickles ``src`` fully
+    (``weights_only=False``): only for a file whose source the user trusts."""
+    import torch
+
+    src = Path(src)
+    dst = Path(dst) if dst else src
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"{src}: not an ssdwb checkpoint (no 'model')")
+
+    def safe(state):
+        if "numpy" in state and isinstance(state["numpy"], tuple):
+            import numpy as np
+
+            name, keys, pos, has_gauss, cached = state["numpy"]
+            version, mt, gauss = state["python"]
+            state = {**state, "numpy": {"name": name, "keys": torch.from_numpy(
+                np.asarray(keys).astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached)},
+                "python": {"version": version, "state": list(mt), "gauss": gauss}}
+        return state
+
+    ckpt["rng"] = [safe(s) for s in ckpt.get("rng", [])]
+    ckpt.setdefault("format", CHECKPOINT_FORMAT)
+    atomic_write(dst, lambda f: torch.save(ckpt, f))
+    load_checkpoint(dst)  # proves the result loads safely
+    return dst
+
+
+class RunFolder:
+    """Writes ``runs/<run_id>/`` for one training run (see the module docstring for the files).
+
+    Use :meth:`create` for a fresh run (it refuses a folder that already holds one) or
+    :meth:`resume` to continue from ``checkpoint.pt`` (logs are cut back to the checkpoint's
+    offsets, so a resumed run continues one compliant MLPerf log and one metrics file).
+    """
+
+    def __init__(self, path: str | os.PathLike, enabled: bool = True):
+        from ssdwb.mlperf import MLPerfLogger
+
+        self.path = Path(path)
+        self.enabled = enabled
+        self.mlperf = MLPerfLogger(self.path / "mlperf.log", enabled=enabled)
+        self.metrics_path = self.path / "metrics.jsonl"
+
+    # --- opening ---------------------------------------------------------------------------
+    @staticmethod
+    def existing_run(path: str | os.PathLike) -> list[str]:
+        """The run files already in ``path`` (empty: free for a fresh run)."""
+        return [n for n in _RUN_FILES if (Path(path) / n).exists()]
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, config, enabled: bool = True) -> RunFolder:
+        folder = cls(path, enabled)
+        if enabled:
+            found = cls.existing_run(folder.path)
+            if found:
+                raise FileExistsError(
+                    f"{folder.path} already holds a run ({', '.join(found)}): continue it with "
+                    f"`ssdwb train --resume {folder.path}` (resume=True in the training "
+                    f"notebook), or choose another run_id")
+            folder.path.mkdir(parents=True, exist_ok=True)
+            folder.write_config(config)
+        return folder
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, checkpoint: dict, config,
+               enabled: bool = True) -> RunFolder:
+        folder = cls(path, enabled)
+        if enabled:
+            folder.write_config(config)
+            truncate_file(folder.metrics_path, checkpoint["metrics_offset"])
+            truncate_file(folder.mlperf.path, checkpoint["mlperf_offset"])
+        return folder
+
+    def write_config(self, config) -> None:
+        if self.enabled:
+            atomic_json(config.to_dict(), self.path / "config.json", indent=2)
+
+    # --- the named points of the loop ------------------------------------------------------
+    def start(self, config, world_size: int) -> None:
+        """A fresh run's MLPerf header: submission keys, init_start, the hyperparameters,
+        init_stop and run_start."""
+        ev = self.mlperf.event
+        ev("submission_benchmark", "ssd")
+        ev("submission_org", config.submission_org)
+        ev("submission_platform", config.submission_platform)
+        ev("submission_division", "open")
+        ev("submission_status", "research")
+        ev("submission_poc_name", "ssdwb")
+        ev("submission_entry", "ssdwb")
+        ev("cache_clear", True)
+        ev("init_start")
+        ev("global_batch_size", config.global_batch(world_size))
+        ev("opt_base_learning_rate", config.base_lr(world_size))
+        ev("opt_weight_decay", config.weight_decay)
+        ev("opt_learning_rate_warmup_steps", max(config.warmup, 1))
+        ev("opt_learning_rate_warmup_factor", 0)
+        ev("max_samples", 1)
+        ev("model_bn_span", config.batch_size)
+        ev("init_stop")
+        ev("run_start")
+
+    def epoch_start(self, epoch: int, eval_epochs: list[int]) -> None:
+        """``epoch`` is 1-based (MLPerf's); a block runs from one eval to the next."""
+        prev_eval = max([0] + [e for e in eval_epochs if e < epoch])
+        if epoch == prev_eval + 1:
+            nxt = min(e for e in eval_epochs if e >= epoch)
+            self.mlperf.event("block_start", metadata={"first_epoch_num": epoch,
+                                                       "epoch_count": nxt - epoch + 1})
+        self.mlperf.event("epoch_start", metadata={"epoch_num": epoch})
+
+    def step_window(self, **record) -> None:
+        """One metrics.jsonl line per log interval (iteration, epoch, loss, lr, images_per_s)."""
+        self._metrics(record)
+
+    def epoch_end(self, epoch: int, bad_images: int = 0, bad_files: list[str] = ()) -> None:
+        self.mlperf.event("epoch_stop", metadata={"epoch_num": epoch})
+        if bad_images:
+            self._metrics({"epoch": epoch, "bad_images": bad_images,
+                           "bad_files": list(bad_files)[:100]})
+
+    def eval_start(self, epoch: int) -> None:
+        self.mlperf.event("eval_start", metadata={"epoch_num": epoch})
+
+    def eval_end(self, epoch: int, iteration: int, stats: dict | None, accuracy: float,
+                 results, eval_epochs: list[int]) -> None:
+        """eval_stop/eval_accuracy/block_stop; on rank 0 the stats line and the epoch's
+        detections (``results``: array [N, 7], written compactly)."""
+        self.mlperf.event("eval_stop", metadata={"epoch_num": epoch})
+        self.mlperf.event("eval_accuracy", accuracy, metadata={"epoch_num": epoch})
+        if self.enabled and stats is not None:
+            self._metrics({"eval": True, "epoch": epoch, "iteration": iteration, **stats})
+            from ssdwb.evaluate import array_to_results
+
+            atomic_json(array_to_results(results), self.path / f"detections_epoch{epoch}.json",
+                        indent=None)
+        first = max([0] + [e for e in eval_epochs if e < epoch]) + 1
+        self.mlperf.event("block_stop", metadata={"first_epoch_num": first})
+
+    def save_checkpoint(self, state: dict) -> None:
+        """``state``: tensors and plain containers (model, optimizer, scaler, RNG states as
+        :func:`rng_state` gives them, counters, config dict, history); the log offsets and the
+        format number are added here."""
+        if not self.enabled:
+            return
+        import torch
+
+        state = {**state, "format": CHECKPOINT_FORMAT, "metrics_offset": self._offset(
+            self.metrics_path), "mlperf_offset": self._offset(self.mlperf.path)}
+        atomic_write(self.path / "checkpoint.pt", lambda f: torch.save(state, f))
+
+    def stop(self, status: str, summary: dict) -> None:
+        self.mlperf.event("run_stop", metadata={"status": status})
+        if self.enabled:
+            atomic_json(summary, self.path / "summary.json")
+
+    # --- internals -------------------------------------------------------------------------
+    def _metrics(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    @staticmethod
+    def _offset(path: Path) -> int:
+        return path.stat().st_size if path.exists() else 0

@@ -1,4 +1,4 @@
-"""Process-level settings for CPU runs.
+"""Process-level settings: the CPU allocator, and the precision a run uses (``resolve_amp``).
 
 ``tune_cpu_allocator``: PyTorch's CPU tensors come from glibc ``malloc``. Blocks above glibc's
 mmap threshold (128 KiB at start, adapting up to 32 MiB) are fresh ``mmap`` pages every time, so
@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
@@ -42,3 +46,57 @@ def tune_cpu_allocator(threshold: int = 1 << 30) -> bool:
     ))
     _done = ok
     return ok
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic instructions: AVX512-BF16 or AMX-BF16 on x86, the
+    BF16 extension (or SVE-BF16) on ARM.
+
+    Read from ``torch.cpu.get_capabilities()`` (public, cpuinfo's feature flags). Not from
+    ``torch.backends.cpu.get_cpu_capability()``: that is ATen's kernel dispatch level ("AVX2",
+    "AVX512", "DEFAULT"), which says nothing about bf16. Not from
+    ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` either: private, and oneDNN counts plain
+    AVX512 (Skylake, Cascade Lake) as bf16 support because it emulates bf16 there, where bf16
+    autocast gains nothing over fp32 - the case "auto" must leave off."""
+    import torch
+
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):
+        return False
+    return any(bool(caps.get(flag)) for flag in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+
+
+def cuda_has_bf16(device: torch.device | str = "cuda") -> bool:
+    """Whether this GPU computes bf16 natively (compute capability 8.0+, or ROCm). Asks
+    ``torch.cuda.is_bf16_supported(including_emulation=False)``: its default (True) also says yes
+    for a V100, where bf16 tensors exist but run emulated."""
+    import torch
+
+    device = torch.device(device)
+    if device.index is None:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    with torch.cuda.device(device.index):
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def resolve_amp(amp: str, device: torch.device | str) -> str:
+    """The precision a run uses: ``"off"``, ``"fp16"`` or ``"bf16"``.
+
+    ``"auto"``: fp16 (with a GradScaler) on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere.
+    An explicit ``"bf16"`` on a GPU without bf16 (before compute capability 8.0, e.g. the
+    C4140's V100) is refused at start rather than emulated slowly."""
+    import torch
+
+    if amp not in ("off", "fp16", "bf16", "auto"):
+        raise ValueError(f"amp must be one of off, fp16, bf16, auto; not {amp!r}")
+    device = torch.device(device)
+    if amp == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if cpu_has_native_bf16() else "off"
+    if amp == "bf16" and device.type == "cuda" and not cuda_has_bf16(device):
+        name = torch.cuda.get_device_name(device)
+        raise ValueError(f"amp=bf16 needs a GPU with bf16 (compute capability 8.0+); this is "
+                         f"{name}: use amp=fp16")
+    return amp

@@ -1,10 +1,11 @@
 """A real two-node Slurm cluster on 127.0.0.1 for the tests: munged, slurmctld and two
 ``slurmd -N nodeK`` daemons on their own ports, all state under one temporary folder.
 
-Needs Debian's ``slurm-wlm`` and ``munge`` (``make test`` installs them as root) and a slurmd
-built with multiple-slurmd support (Debian's is). Every daemon started here is stopped by PID
-on ``stop()``; this sandbox leaves zombies behind, so liveness is checked with ``munge -n`` /
-``scontrol ping`` and process state, never by process name.
+Needs Debian's ``slurm-wlm`` and ``munge`` (``make system-deps`` installs them as root; the
+tests never install anything, they skip and say why) and a slurmd built with multiple-slurmd
+support (Debian's is). Every daemon started here is stopped by PID on ``stop()``; this sandbox
+leaves zombies behind, so liveness is checked with ``munge -n`` / ``scontrol ping`` and process
+state, never by process name.
 """
 
 from __future__ import annotations
@@ -19,26 +20,12 @@ import time
 from pathlib import Path
 
 
-def _install_packages() -> None:
-    """Debian's slurm-wlm and munge, when we are root and they are missing (``make test`` has
-    usually done this already; a plain ``pytest`` run gets them here)."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return
-    if all(shutil.which(t) for t in ("slurmctld", "slurmd", "sbatch", "munged", "munge")):
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "slurm-wlm",
-                    "munge"], env=env, capture_output=True)
-
-
 def missing_requirements() -> str | None:
-    """Why a local cluster cannot run here, or None (installs the packages first if it can)."""
-    _install_packages()
+    """Why a local cluster cannot run here, or None."""
     for tool in ("slurmctld", "slurmd", "sbatch", "munged", "munge"):
         if shutil.which(tool) is None:
-            return (f"{tool} not found: install Debian's slurm-wlm and munge (`make test` does "
-                    f"when run as root)")
+            return (f"{tool} not found: Debian's slurm-wlm and munge are not installed "
+                    f"(`make system-deps` installs them, as root)")
     if os.geteuid() != 0:
         return "the local Slurm cluster needs root (slurmd runs jobs as their user)"
     return None

@@ -18,6 +18,26 @@ def run(script: str, *args: str) -> str:
     return out.stdout
 
 
+def ratio_bounds(rate: float, base: float) -> tuple[float, float]:
+    """The range of unrounded rate / base given both printed to 0.1."""
+    return (rate - 0.05) / (base + 0.05), (rate + 0.05) / max(base - 0.05, 1e-9)
+
+
+def check_verdict(line: str, rate: float, base: float) -> None:
+    """The targets line says "met" / "NOT met" as the printed figures demand: 150 img/s per
+    core for ssdwb's rate, 2x for its ratio to the v2 equivalent (a figure within rounding of a
+    target may go either way)."""
+    m = re.fullmatch(r"targets for ssdwb \(reference pixels\): 150 img/s per core (met|NOT met), "
+                     r"2x the v2 equivalent (met|NOT met)", line.strip())
+    assert m, line
+    for verdict, (lo, hi), target in ((m.group(1), (rate - 0.05, rate + 0.05), 150.0),
+                                      (m.group(2), ratio_bounds(rate, base), 2.0)):
+        if lo >= target:
+            assert verdict == "met", (line, rate, base)
+        elif hi < target:
+            assert verdict == "NOT met", (line, rate, base)
+
+
 def figure(line: str) -> float:
     return float(re.search(r"\s(\d+\.\d+)\s", line + " ").group(1))
 
@@ -30,12 +50,19 @@ def test_bench_data_prints_every_pipeline_and_stage(workers):
     assert lines[0].startswith(f"workers={workers} ")
     names = ["ssdwb (reference pixels)", "ssdwb resize=tensor", "ssdwb, encode in the consumer",
              "torchvision v2 equivalent", 'torchvision detection "ssd" preset']
+    rates, ratios = [], []
     for name, line in zip(names, lines[1:6]):
-        assert line.strip().startswith(name) and figure(line) > 0
-        assert line.rstrip().endswith("x the v2 equivalent")
-    assert lines[4].rstrip().endswith("1.00x the v2 equivalent")
-    assert re.fullmatch(r"targets for ssdwb \(reference pixels\): 150 img/s per core (NOT )?met, "
-                        r"2x the v2 equivalent (NOT )?met", lines[6].strip()), lines[6]
+        m = re.fullmatch(rf"\s*{re.escape(name)}\s+(\d+\.\d)\s+(\d+\.\d\d)x the v2 equivalent\s*",
+                         line)
+        assert m, line
+        rates.append(float(m.group(1)))
+        ratios.append(float(m.group(2)))
+    assert all(r > 0 for r in rates)
+    # each ratio is the line's rate over the v2 equivalent's (printed rates are rounded to 0.1)
+    for rate, ratio in zip(rates, ratios):
+        lo, hi = ratio_bounds(rate, rates[3])
+        assert lo - 0.005 <= ratio <= hi + 0.005, (rate, ratio, rates[3])
+    check_verdict(lines[6], rates[0], rates[3])
     if workers == "2":
         assert re.fullmatch(r"consumer process, ssdwb \(reference pixels\): \d+ % of one core "
                             r"during its best pass", lines[7].strip()), lines[7]
@@ -46,12 +73,38 @@ def test_bench_data_prints_every_pipeline_and_stage(workers):
         assert all(ms > 0 for ms in stages.values())
 
 
-def test_target_verdict_names_what_is_short():
+def load_bench_data():
     sys.path.insert(0, str(BENCH))
     try:
-        from bench_data import target_verdict
+        import bench_data
     finally:
         sys.path.remove(str(BENCH))
-    assert target_verdict(150.0, 2.0).count("NOT") == 0
-    assert "per core NOT met, 2x the v2 equivalent met" in target_verdict(149.9, 2.5)
-    assert "per core met, 2x the v2 equivalent NOT met" in target_verdict(300.0, 1.99)
+    return bench_data
+
+
+@pytest.mark.parametrize("rate, ratio, per_core, vs_v2", [
+    (150.0, 2.0, "met", "met"),  # the targets themselves are met
+    (300.0, 5.0, "met", "met"),
+    (149.9, 2.5, "NOT met", "met"),
+    (300.0, 1.99, "met", "NOT met"),
+    (20.0, 0.5, "NOT met", "NOT met"),
+])
+def test_target_verdict_names_what_is_short(rate, ratio, per_core, vs_v2):
+    verdict = load_bench_data().target_verdict(rate, ratio)
+    assert verdict == (f"targets for ssdwb (reference pixels): 150 img/s per core {per_core}, "
+                       f"2x the v2 equivalent {vs_v2}")
+
+
+@pytest.mark.parametrize("rate, base, per_core, vs_v2", [
+    (200.0, 50.0, "met", "met"), (100.0, 20.0, "NOT met", "met"),
+    (200.0, 150.0, "met", "NOT met"), (100.0, 80.0, "NOT met", "NOT met")])
+def test_check_verdict_rejects_the_wrong_wording(rate, base, per_core, vs_v2):
+    """The check on bench_data's printed verdict passes the right wording and fails the wrong
+    one, both ways, for each target."""
+    flip = {"met": "NOT met", "NOT met": "met"}
+    line = "targets for ssdwb (reference pixels): 150 img/s per core {}, 2x the v2 equivalent {}"
+    assert line.format(per_core, vs_v2) == load_bench_data().target_verdict(rate, rate / base)
+    check_verdict(line.format(per_core, vs_v2), rate, base)
+    for wrong in (line.format(flip[per_core], vs_v2), line.format(per_core, flip[vs_v2])):
+        with pytest.raises(AssertionError):
+            check_verdict(wrong, rate, base)

@@ -20,7 +20,7 @@ from lab_server import CHROMIUM, CHROMIUM_ARGS, jupyterlab, run_all, write_noteb
 
 pytestmark = [
     pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                       reason="no /usr/bin/chromium: `make test` installs it as root (apt-get "
+                       reason="no /usr/bin/chromium: `make system-deps` installs it as root (apt-get "
                               "install chromium); run it as root or install it yourself"),
     pytest.mark.slow,
 ]

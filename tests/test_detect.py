@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import reference
 import torch
@@ -42,22 +43,67 @@ def test_small_design_many_overlaps():
     compare_with_reference(ploc, plabel, d, candidates_per_class=20, max_detections=30)
 
 
-def test_iou_exactly_at_threshold_is_suppressed():
-    """Boxes with IoU exactly 0.5 are removed (reference keeps only IoU < 0.5)."""
+def f32_iou(a, b) -> float:
+    """IoU with the float32 operations of torchvision's nms kernels."""
+    a, b = torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+    w = (torch.minimum(a[2], b[2]) - torch.maximum(a[0], b[0])).clamp(min=0)
+    h = (torch.minimum(a[3], b[3]) - torch.maximum(a[1], b[1])).clamp(min=0)
+    inter = w * h
+    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
+
+
+HALF_BELOW = float(np.nextafter(np.float32(0.5), np.float32(0)))  # 0.49999997, exact in float32
+
+
+def threshold_case(width: float, fillers: int, device: str):
+    """Prior 0 is [0, 0, 1, 1], prior 1 [0, 0, width, 1] (scores 1st and 2nd of class 1), then
+    `fillers` small disjoint boxes of the same class far away (so the class's group has
+    2 + fillers boxes)."""
     d = DefaultBoxes(300, [1], [300], [150, 150], [[]])
-    d.xywh = torch.tensor([[0.5, 0.5, 1.0, 1.0], [0.25, 0.5, 0.5, 1.0]])  # IoU exactly 0.5
-    d.ltrb = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0]])
-    ploc = torch.zeros(1, 4, 2)
-    plabel = torch.tensor([[[0.0, 0.0], [2.0, 1.0]]])
-    boxes, labels, scores = postprocess(ploc, plabel, d)[0]
-    assert len(scores) == 1 and labels.tolist() == [1]
-    d.xywh[1, 2] = 0.5001  # IoU just above 0.5: still removed
-    d.xywh = d.xywh.clone()
+    xs = 3.0 + 0.25 * torch.arange(fillers, dtype=torch.float32)
+    d.xywh = torch.cat([torch.tensor([[0.5, 0.5, 1.0, 1.0], [width / 2, 0.5, width, 1.0]]),
+                        torch.stack([xs, torch.full_like(xs, 3.0), torch.full_like(xs, 0.1),
+                                     torch.full_like(xs, 0.1)], 1)])
     d.ltrb = torch.cat([d.xywh[:, :2] - d.xywh[:, 2:] / 2, d.xywh[:, :2] + d.xywh[:, 2:] / 2], 1)
-    assert len(postprocess(ploc, plabel, d)[0][2]) == 1
-    d.xywh[1] = torch.tensor([0.25, 0.5, 0.4999, 1.0])  # just below: kept
-    d.ltrb = torch.cat([d.xywh[:, :2] - d.xywh[:, 2:] / 2, d.xywh[:, :2] + d.xywh[:, 2:] / 2], 1)
-    assert len(postprocess(ploc, plabel, d)[0][2]) == 2
+    n = 2 + fillers
+    ploc = torch.zeros(1, 4, n, device=device)
+    plabel = torch.zeros(1, 2, n, device=device)
+    plabel[0, 1] = torch.cat([torch.tensor([3.0, 2.0]), torch.ones(fillers)]).to(device)
+    return ploc, plabel, d
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine"))])
+@pytest.mark.parametrize("fillers", [0, 70], ids=["small group", "large group"])
+@pytest.mark.parametrize("strategy", ["batched", "per_group"])
+def test_iou_exactly_at_threshold_is_suppressed(strategy, fillers, device):
+    """The reference removes IoU >= 0.5 in float32: a box with float32 IoU exactly 0.5 with a
+    higher-scoring one is removed, one with the largest float32 IoU below 0.5 is kept. With
+    strategy="batched", 2 boxes go through the batched pass and 72 (> _BATCHED_MAX) through
+    torchvision.ops.nms; "per_group" calls torchvision.ops.nms for both. On CUDA the nms kernel
+    takes the threshold as a float (a double below 0.5 would round back to 0.5)."""
+    from ssdwb.detect import _BATCHED_MAX
+
+    assert (fillers + 2 > _BATCHED_MAX) == (fillers > 0)
+    assert f32_iou([0, 0, 1, 1], [0, 0, 0.5, 1]) == 0.5
+    assert f32_iou([0, 0, 1, 1], [0, 0, HALF_BELOW, 1]) == HALF_BELOW
+    for width, kept in ((0.5, False), (0.5001, False), (HALF_BELOW, True)):
+        ploc, plabel, d = threshold_case(width, fillers, device)
+        boxes, labels, scores = postprocess(ploc, plabel, d, strategy=strategy)[0]
+        boxes = boxes.cpu()
+        assert boxes[0].tolist() == [0, 0, 1, 1]
+        assert len(scores) == 1 + kept + fillers, (width, strategy, device)
+        second = torch.tensor([0, 0, width, 1], dtype=torch.float32)
+        assert bool((boxes == second).all(1).any()) is kept, (width, strategy, device)
+
+
+def test_suppress_above_is_the_float32_just_below():
+    from ssdwb.detect import _suppress_above
+
+    for t in (0.5, 0.45, 0.6, 0.3):
+        below = _suppress_above(t)
+        assert float(np.float32(below)) == below  # a float kernel parameter keeps it
+        assert below < np.float32(t) and np.nextafter(np.float32(below), np.float32(1)) == np.float32(t)
 
 
 def test_no_detections_and_threshold(dboxes):

@@ -127,8 +127,19 @@ def test_resume_gives_the_same_metrics(tiny, cut, workers):
     assert "SUCCESS" in out.stdout + out.stderr
 
 
+def test_a_second_fresh_run_with_the_same_id_is_refused(tiny):
+    from ssdwb.train import train
+
+    run = tiny / "runs" / "twice"
+    train(tiny_config(tiny, "twice", epochs=1, eval_at=[1], max_iters=2))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(FileExistsError, match=r"already holds a run .*--resume .*another run_id"):
+        train(tiny_config(tiny, "twice", epochs=1, eval_at=[1]))
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 def test_missing_dataset_message(tmp_path):
-    from ssdwb.train import resolve_data
+    from ssdwb.data import resolve_data
 
     with pytest.raises(FileNotFoundError, match="ssdwb data synth"):
         resolve_data(tmp_path)
@@ -180,3 +191,35 @@ def test_sigusr1_checkpoints_and_the_run_resumes(tiny):
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "success" and summary["iterations"] == 8
+
+
+def test_host_syncs_at_most_one_per_log_interval(tiny):
+    """The steady path reads the device once per log interval: 4 more iterations at
+    log_interval=2 add at most 2 reads (``.item()``/``bool(tensor)``/``nonzero`` would add one
+    per iteration). The loader works in a worker process, outside the counting."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ssdwb.train import train
+
+    syncing = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+               torch.ops.aten.is_nonzero.default}
+
+    class CountSyncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func in syncing
+            return func(*args, **(kwargs or {}))
+
+    def syncs(iterations):
+        with CountSyncs() as c:
+            s = train(tiny_config(tiny, f"syncs{iterations}", batch_size=1, epochs=1,
+                                  eval_at=[1], max_iters=iterations, log_interval=2,
+                                  num_workers=1))
+        assert s["iterations"] == iterations
+        return c.n
+
+    assert syncs(6) - syncs(2) <= 2

@@ -1,8 +1,18 @@
-"""DataLoader factory: sharded sampling, worker seeding, batch collation and box encoding.
+"""DataLoader factory: sharded sampling, per-sample augmentation seeds, batch collation and box
+encoding.
 
 Every rank reads its own shard (``DistributedSampler``; the 2019 reference built one but never
 used it, so each rank read the whole dataset). A single process uses the same sampler with one
 replica, so the sample order depends only on (seed, epoch): resuming at epoch e reproduces it.
+
+Augmentation seeds travel with the samples: the training sampler yields
+``SampleKey(index, seed)``, the seed a function of (loader seed, epoch, dataset index) alone
+(:func:`sample_seeds`), and the dataset seeds the transform's draws with it. What an image gets
+in an epoch therefore does not depend on the rank, the number of workers, which worker loads it,
+whether the workers persist across epochs, or where a resumed epoch starts. (The 2019 reference
+seeded the workers per epoch with the same seed on every rank, so every rank's i-th image got the
+same draws.) The sampler runs in the training process, so persistent workers see each epoch's
+keys.
 
 Batches carry uint8 images; whoever runs the model normalises them on its device
 (``normalize(batch["images"].to(device))``, as ``train.py`` and ``evaluate.py`` do): float32
@@ -34,12 +44,17 @@ and CPU encodes agree where a GPU is present).
 from __future__ import annotations
 
 import atexit
+import time
 import weakref
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
-__all__ = ["Batch", "Collate", "Loader", "build_loader", "set_epoch"]
+from ssdwb.data.coco import SampleKey
+
+__all__ = ["Batch", "Collate", "Loader", "ShardSampler", "build_loader", "sample_seeds",
+           "set_epoch"]
 
 
 class Batch(dict):
@@ -81,8 +96,9 @@ class Collate:
     """Stacks a list of ``(uint8 image, target)`` into a batch dict.
 
     Returns ``{"images": uint8 Tensor[B, 3, H, W], "boxes": list of Tensor[N_b, 4],
-    "labels": list of Tensor[N_b], "image_ids": Tensor[B], "orig_sizes": Tensor[B, 2] (h, w)}``,
-    plus ``"gloc"`` (Tensor[B, P, 4] xywh) and ``"glabel"`` (Tensor[B, P]) when a ``coder`` is
+    "labels": list of Tensor[N_b], "image_ids": Tensor[B], "orig_sizes": Tensor[B, 2] (h, w),
+    "bad_images": list of str}`` (the unreadable files the dataset skipped to make this batch,
+    from each sample's ``target["skipped"]``; usually empty), plus ``"gloc"`` (Tensor[B, P, 4] xywh) and ``"glabel"`` (Tensor[B, P]) when a ``coder`` is
     given (encoding in the worker).
 
     The images stay uint8: the consumer normalises them where the model runs
@@ -104,6 +120,7 @@ class Collate:
             "labels": [t["labels"] for t in targets],
             "image_ids": torch.tensor([t["image_id"] for t in targets], dtype=torch.int64),
             "orig_sizes": torch.tensor([t["orig_size"] for t in targets], dtype=torch.int64),
+            "bad_images": [str(p) for t in targets for p in t.get("skipped", ())],
         })
         if self.coder is not None:
             batch["gloc"], batch["glabel"] = self.coder.encode_batch(batch["boxes"],
@@ -126,6 +143,9 @@ def _worker_init(worker_id: int) -> None:
 
 # Iterators that have worker processes, shut down at exit (see _shutdown_workers_at_exit).
 _worker_iterators: weakref.WeakSet = weakref.WeakSet()
+# (when its iterator went away, the worker processes it had): see Loader.
+_orphans: list[tuple[float, list]] = []
+ORPHAN_GRACE_S = 10.0
 
 
 class Loader(DataLoader):
@@ -135,13 +155,61 @@ class Loader(DataLoader):
     daemonic children with SIGTERM and then waits for them: a loader whose iterator outlives the
     program's code (a module-level ``loader`` with ``persistent_workers=True``, or an iterator
     left part-way through an epoch) would otherwise hang the exit forever on CPU. torch shuts
-    persistent workers down at exit itself only when it pins memory."""
+    persistent workers down at exit itself only when it pins memory.
+
+    Ignoring SIGTERM also defeats torch's fallback for workers that do not stop when asked (it
+    terminates them with SIGTERM), and one case is common: an iterator that raised (an
+    unreadable val image) sits in a reference cycle with its traceback, and when the garbage
+    collector freed it, the finalizers of its queues ran before the iterator's own, so the
+    workers' end-of-work message was never sent: the collection stalled 20 s in torch's joins,
+    and the exit hung forever in multiprocessing's. The iterator's queues are therefore kept
+    reachable until it is gone (they stay usable for its ``__del__``), and workers still alive
+    ``ORPHAN_GRACE_S`` after their iterator went are killed (SIGKILL) when the next iterator
+    is made, and at exit."""
 
     def _get_iterator(self):
+        if _orphans:
+            _reap_orphans(wait=False)
         iterator = super()._get_iterator()
         if self.num_workers > 0:
             _worker_iterators.add(iterator)
+            # The finalizer holds the iterator's queues and event: reachable from here, they are
+            # not finalized with the iterator's garbage, and its __del__ can still stop the
+            # workers through them.
+            keep = (iterator._index_queues, iterator._worker_result_queue,
+                    iterator._workers_done_event)
+            gone = weakref.finalize(iterator, _iterator_gone, list(iterator._workers), keep)
+            gone.atexit = False
         return iterator
+
+
+def _iterator_gone(workers: list, keep: tuple) -> None:
+    # Runs when the iterator is freed, maybe inside the garbage collector, maybe before the
+    # iterator's __del__ has asked the workers to stop: only noted here. (Freed by its last
+    # reference going, the iterator's __del__ has already stopped and joined them.)
+    alive = [w for w in workers if w.is_alive()]
+    if alive:
+        _orphans.append((time.monotonic(), alive, keep))
+
+
+def _reap_orphans(wait: bool, deadline: float = 0.0) -> None:
+    """Kills the workers of freed iterators that are still alive: with ``wait``, those alive at
+    ``deadline`` (time.monotonic()); without, those left ``ORPHAN_GRACE_S`` after their iterator
+    went."""
+    now, keep = time.monotonic(), []
+    for since, workers, queues in _orphans:
+        if wait:
+            for w in workers:
+                w.join(max(0.0, deadline - time.monotonic()))
+        alive = [w for w in workers if w.is_alive()]
+        if alive and not wait and now - since < ORPHAN_GRACE_S:
+            keep.append((since, alive, queues))
+            continue
+        for w in alive:
+            w.kill()
+        for w in alive:
+            w.join(5.0)
+    _orphans[:] = keep
 
 
 @atexit.register
@@ -150,16 +218,35 @@ def _shutdown_workers_at_exit() -> None:
     # workers get the end-of-work message while the queues still work.
     for iterator in list(_worker_iterators):
         iterator._shutdown_workers()
+    if _orphans:
+        _reap_orphans(wait=True, deadline=time.monotonic() + 2.0)
+
+
+def sample_seeds(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The augmentation seeds of dataset indices 0..n-1 in ``epoch``: uint32 [n], numpy's
+    ``SeedSequence((seed, epoch))`` words (a 32-bit seed: torch's CPU generator keeps the low
+    32 bits of its seed anyway)."""
+    return np.random.SeedSequence([seed % 2**64, epoch]).generate_state(n, np.uint32)
 
 
 class ShardSampler(DistributedSampler):
-    """``DistributedSampler`` that can start an epoch part-way: ``skip_batches(n, batch_size)``
-    drops the first ``n`` batches of the next pass without loading them.
+    """``DistributedSampler`` whose indices carry their augmentation seeds, and that can start an
+    epoch part-way.
 
-    Resuming mid-epoch must not load the skipped batches when ``num_workers=0``: their random
-    augmentations would consume the restored RNG state of the training process."""
+    Args (beyond ``DistributedSampler``'s):
+        keys: yield ``SampleKey(index, seed)`` (seeds from :func:`sample_seeds` of the
+            sampler's seed and epoch); False: plain indices.
+
+    ``skip_batches(n, batch_size)`` drops the first ``n`` batches of the next pass without
+    loading them: the batches after them are those an uninterrupted pass gives, since every
+    sample's draws come from its own seed.
+    """
 
     start = 0
+
+    def __init__(self, *args, keys: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.keys = keys
 
     def skip_batches(self, n: int, batch_size: int) -> None:
         self.start = n * batch_size
@@ -167,7 +254,10 @@ class ShardSampler(DistributedSampler):
     def __iter__(self):
         indices = list(super().__iter__())[self.start:]
         self.start = 0  # only the pass that resumes is shortened
-        return iter(indices)
+        if not self.keys:
+            return iter(indices)
+        seeds = sample_seeds(self.seed, self.epoch, len(self.dataset))[indices].tolist()
+        return map(SampleKey, indices, seeds)
 
 
 def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None = None,
@@ -184,6 +274,11 @@ def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None
         coder: a ``BoxCoder``; with ``encode_on="worker"`` the batches carry encoded targets.
         device: where training runs; pinned memory when it is CUDA.
         rank, world_size: override the process group's (to inspect another rank's shard).
+        persistent_workers: keep the workers across epochs (each epoch's order and seeds still
+            come from :func:`set_epoch`: the sampler runs in this process).
+
+    With ``train=True`` the sampler yields ``SampleKey(index, seed)``: the dataset must accept
+    them (:class:`ssdwb.data.CocoDetection` does).
     """
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -191,7 +286,7 @@ def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None
     rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
     drop_last = train if drop_last is None else drop_last
     sampler = ShardSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed,
-                                 drop_last=drop_last)
+                           drop_last=drop_last, keys=train)
     if encode_on not in ("worker", "device"):
         raise ValueError(f"encode_on must be 'worker' or 'device', not {encode_on!r}")
     loader = Loader(
@@ -199,7 +294,9 @@ def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None
         collate_fn=Collate(coder if encode_on == "worker" else None),
         pin_memory=torch.device(device).type == "cuda", drop_last=drop_last,
         worker_init_fn=_worker_init if num_workers > 0 else None,
-        generator=torch.Generator().manual_seed(seed),
+        # the workers' own torch seeds (base seed + worker id): the augmentations do not use
+        # them, they draw from their samples' seeds
+        generator=torch.Generator().manual_seed(int(sample_seeds(seed, rank, 1)[0])),
         persistent_workers=persistent_workers and num_workers > 0,
     )
     loader.seed = seed
@@ -207,6 +304,5 @@ def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Sets the shuffle order and the workers' RNG seeds from (seed, epoch) alone."""
+    """Sets the shuffle order and the samples' augmentation seeds from (seed, epoch) alone."""
     loader.sampler.set_epoch(epoch)
-    loader.generator.manual_seed(loader.seed * 100_003 + epoch)
