@@ -77,6 +77,19 @@ def test_bad_images_survive_the_batch_pickling(root):
     assert Collate()([ds[0]])["bad_images"] == []
 
 
+def test_bad_images_survive_pinning(root, monkeypatch):
+    """On CUDA the loader's pin-memory thread copies the batch (no GPU here: pinning is a
+    no-op)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self)
+    ds = CocoDetection(root, root / "ann.json", transform=val_transform(32), skip_bad_images=True)
+    batch = Collate()([ds[i] for i in range(4)])
+    pinned = pin_memory(batch)
+    assert isinstance(pinned, Batch) and pinned["bad_images"] == batch["bad_images"]
+    assert len(pinned["bad_images"]) == 3 and torch.equal(pinned["images"], batch["images"])
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_eval_never_skips(root, workers):
     """The val dataset is built without skip_bad_images: the loader raises, naming the file."""

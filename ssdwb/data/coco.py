@@ -132,6 +132,17 @@ def _boxes(path: Path, anns: list) -> np.ndarray:
         raise ValueError(f"{path}: every 'bbox' must be 4 numbers [x, y, w, h] ({e})") from e
 
 
+def _release_freed_heap() -> None:
+    """Hands the parsed JSON's freed heap back to the OS (glibc keeps it otherwise: 440 MB of
+    resident, unused pages in every rank with COCO 2017 train, mapped by every forked worker)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """COCO-format detection dataset.
 
@@ -169,6 +180,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.label_names = {self.cat_to_label[c["id"]]: c["name"] for c in cats}
         self.num_classes = len(cats) + 1
         self._build(data, cols, drop_empty)
+        del data, cols, cats
+        _release_freed_heap()
 
     def _build(self, data: dict, cols: dict[str, np.ndarray], drop_empty: bool) -> None:
         images, anns = data["images"], data["annotations"]

@@ -25,8 +25,9 @@ test checks it against the literal crop -> flip -> resize pixel for pixel). Fold
 ``resize(box=...)`` would not: PIL then samples outside the box at its edges (1 % of pixels
 differ, by up to 14 levels), so the crop stays a separate step.
 
-Randomness comes from torch's global generator only, so a seed (and DataLoader worker seeding)
-makes a run repeatable. Boxes are fractions of the image throughout, (x1, y1, x2, y2).
+Randomness comes from torch's global generator only, so a seed makes a run repeatable: in
+training each sample's own (``CocoDetection`` seeds the generator from the sampler's
+``SampleKey`` around the transform, see :mod:`ssdwb.data.loader`). Boxes are fractions of the image throughout, (x1, y1, x2, y2).
 """
 
 from __future__ import annotations
