@@ -119,18 +119,24 @@ class _Features(nn.Module):
         return OrderedDict((str(i), f) for i, f in enumerate(out))
 
 
-def bench_torchvision(ds, args) -> tuple[float, float]:
+def torchvision_ssd(width: float = 1.0, num_classes: int = 81):
+    """torchvision's ``SSD`` (transform, anchors, matching, loss) around our backbone, extra
+    layers and head shapes: the peer of bench_train.py and bench_gpu.py."""
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
     from torchvision.models.detection.ssd import SSD, SSDHead
 
-    torch.manual_seed(0)
-    ours = SSD300(num_classes=81, width=args.width)
+    ours = SSD300(num_classes=num_classes, width=width, backbone_weights=None)
     channels = [m.in_channels for m in ours.loc]
     anchors = DefaultBoxGenerator([[2], [2, 3], [2, 3], [2, 3], [2], [2]],
                                   steps=[8, 16, 32, 64, 100, 300])
     assert anchors.num_anchors_per_location() == list(NUM_DEFAULTS)
-    model = SSD(_Features(ours), anchors, (300, 300), 81,
-                head=SSDHead(channels, list(NUM_DEFAULTS), 81)).train()
+    return SSD(_Features(ours), anchors, (300, 300), num_classes,
+               head=SSDHead(channels, list(NUM_DEFAULTS), num_classes))
+
+
+def bench_torchvision(ds, args) -> tuple[float, float]:
+    torch.manual_seed(0)
+    model = torchvision_ssd(args.width).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     loader = build_loader(ds, args.batch, train=True, distributed=False,
                           num_workers=args.workers, seed=0, coder=None)

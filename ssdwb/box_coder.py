@@ -16,9 +16,10 @@ matches are a ``scatter_reduce`` (``amax`` over GT index, i.e. last GT wins) ins
 reference's per-image index assignment. On CPU the images go in blocks, grouped by GT count so
 that little padding is needed, whose padded IoU block fits in L2 cache (``block_rows``): measured
 on this machine, one batch-sized [B, M, 8732] matrix streams through memory several times and is
-~1.5x slower than blocks; on CUDA the whole batch is one block. Each GT's best prior is
-``first_argmax`` (PyTorch's CPU ``argmax`` is an unvectorized loop, 4x slower). The outputs start
-as the default boxes with label 0 and only the positives (a few percent) are written.
+~1.5x slower than blocks. Each GT's best prior is ``first_argmax`` (PyTorch's CPU ``argmax``
+is an unvectorized loop, 4x slower). The outputs start as the default boxes with label 0 and
+only the positives (a few percent) are written. On CUDA (``dense=True``) the whole batch is one
+block and the positives are written with ``where``, so encoding never reads the device back.
 
 The IoU matrix is the hot spot (B x M x 8732). Default boxes form one grid per (level, box type):
 a prior's x1/x2 depend only on its column and y1/y2 only on its row, so the intersection is the
@@ -37,7 +38,7 @@ from torchvision.ops import box_iou
 
 from ssdwb.anchors import DefaultBoxes
 
-__all__ = ["BoxCoder", "GridIoU", "offsets", "ltrb_to_xywh"]
+__all__ = ["BoxCoder", "GridIoU", "offsets", "offset_constants", "ltrb_to_xywh"]
 
 _PAD_BOX = -1.0e4  # padded GT rows: a box far outside the image
 
@@ -105,8 +106,22 @@ def ltrb_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack([0.5 * (l + r), 0.5 * (t + b), -l + r, -t + b], dim=-1)
 
 
+def offset_constants(dboxes_xywh: torch.Tensor, scale_xy: float = 0.1, scale_wh: float = 0.2
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three flat rows (Tensor[P*4] each, on the default boxes' device) that :func:`offsets`
+    subtracts, multiplies and divides by. Callers at every step (the loss, ``BoxCoder``) make
+    them once: building them costs a host-to-device copy, which blocks on CUDA."""
+    d = dboxes_xywh.to(torch.float32)
+    num_p = d.shape[0]
+    sub = torch.cat([d[:, :2], torch.zeros_like(d[:, :2])], 1).reshape(-1)
+    mul = torch.tensor([1.0 / scale_xy, 1.0 / scale_xy, 1.0, 1.0], device=d.device).repeat(num_p)
+    div = d[:, 2:].repeat(1, 2).reshape(-1)
+    return sub, mul, div
+
+
 def offsets(boxes_xywh: torch.Tensor, dboxes_xywh: torch.Tensor, scale_xy: float = 0.1,
-            scale_wh: float = 0.2) -> torch.Tensor:
+            scale_wh: float = 0.2, constants: tuple[torch.Tensor, ...] | None = None
+            ) -> torch.Tensor:
     """Regression targets of boxes relative to default boxes (last dimension = 4 coordinates).
 
     Returns ``[10*(gx-dx)/dw, 10*(gy-dy)/dh, 5*log(gw/dw), 5*log(gh/dh)]`` for the reference's
@@ -115,21 +130,30 @@ def offsets(boxes_xywh: torch.Tensor, dboxes_xywh: torch.Tensor, scale_xy: float
     Args:
         boxes_xywh (Tensor[..., P, 4]): encoded boxes (cx, cy, w, h).
         dboxes_xywh (Tensor[P, 4]): default boxes (cx, cy, w, h).
+        constants: :func:`offset_constants` of these default boxes and scales, on the boxes'
+            device; made here when not given.
     """
-    inv_xy, inv_wh = 1.0 / scale_xy, 1.0 / scale_wh
     num_p = dboxes_xywh.shape[0]
-    d = dboxes_xywh.to(boxes_xywh.device, torch.float32)
+    if constants is None:
+        constants = offset_constants(dboxes_xywh.to(boxes_xywh.device), scale_xy, scale_wh)
+    sub, mul, div = constants
     # One flat row of P*4 per image, so the arithmetic runs on contiguous memory (the interleaved
     # [..., P, 4] slices of the plain formula are 3x slower), and log() only on a contiguous copy
     # of the w, h lanes (on strided lanes it is 10x slower). Per element the float ops are the
     # reference's: xy: (inv_xy * (g - d)) / d_wh; wh: inv_wh * log((g - 0) * 1 / d_wh).
-    sub = torch.cat([d[:, :2], torch.zeros_like(d[:, :2])], 1).reshape(-1)
-    mul = torch.tensor([inv_xy, inv_xy, 1.0, 1.0], device=d.device).repeat(num_p)
-    div = d[:, 2:].repeat(1, 2).reshape(-1)
     out = torch.sub(boxes_xywh.reshape(-1, num_p * 4), sub).mul_(mul).div_(div)
     lanes = out.view(-1, num_p, 2, 2)
-    lanes[:, :, 1] = lanes[:, :, 1].contiguous().log_().mul_(inv_wh)
+    lanes[:, :, 1] = lanes[:, :, 1].contiguous().log_().mul_(1.0 / scale_wh)
     return out.view(boxes_xywh.shape)
+
+
+def _host_ints(values: list[int], device: torch.device) -> torch.Tensor:
+    """int64 Tensor of host values on ``device``; to CUDA through pinned memory without waiting
+    (``torch.tensor(values, device="cuda")`` blocks the host until the copy is done)."""
+    t = torch.tensor(values, dtype=torch.int64)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _blocks(counts: list[int], budget: int):
@@ -189,14 +213,16 @@ class BoxCoder:
         if self._cache.get(device, (None,))[0] != key:
             grid = GridIoU.build(self.dboxes)
             ltrb = self.dboxes.ltrb.to(device)
-            self._cache[device] = (key, ltrb, self.dboxes.xywh.to(device),
+            xywh = self.dboxes.xywh.to(device)
+            self._cache[device] = (key, ltrb, xywh,
                                    grid.to(device) if grid is not None else None,
-                                   ltrb_to_xywh(ltrb))  # unmatched priors, as the reference
+                                   ltrb_to_xywh(ltrb),  # unmatched priors, as the reference
+                                   offset_constants(xywh, self.scale_xy, self.scale_wh))
         return self._cache[device][1:]
 
     def iou(self, boxes_ltrb: torch.Tensor) -> torch.Tensor:
         """IoU (Tensor[N, P]) of boxes (Tensor[N, 4] x1 y1 x2 y2) with every default box."""
-        ltrb, _, grid, _ = self._on(boxes_ltrb.device)
+        ltrb, _, grid, _, _ = self._on(boxes_ltrb.device)
         return grid(boxes_ltrb) if grid is not None else box_iou(boxes_ltrb, ltrb)
 
     @property
@@ -219,12 +245,19 @@ class BoxCoder:
         return boxes[0], labels_out[0]
 
     def encode_batch(self, boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor],
-                     iou_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+                     iou_threshold: float = 0.5, dense: bool | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Matches a batch of images, on the device of the given tensors.
 
         Args:
             boxes: B tensors [N_b, 4] (x1, y1, x2, y2), fractions of the image; N_b may be 0.
             labels: B tensors [N_b] of class labels.
+            dense: how the few positives are written. ``False`` (default on CPU): images in
+                cache-sized blocks, positives found with ``nonzero`` and written sparsely.
+                ``True`` (default on CUDA): the whole batch at once with ``where`` over every
+                prior, so the device is never read back (``nonzero`` waits for the GPU to learn
+                its output size). Same results; the training loop passes True for
+                ``encode_on="device"``, so CPU tests run the CUDA path.
 
         Returns:
             boxes (Tensor[B, P, 4]) in (cx, cy, w, h) and labels (Tensor[B, P]) int64.
@@ -235,25 +268,34 @@ class BoxCoder:
         if len(labels) != bsz:
             raise ValueError(f"{bsz} box tensors but {len(labels)} label tensors")
         device = boxes[0].device
-        _, _, _, prior_xywh = self._on(device)
+        if dense is None:
+            dense = device.type != "cpu"
+        _, _, _, prior_xywh, _ = self._on(device)
         num_p = self.num_priors
-        counts = [int(b.shape[0]) for b in boxes]
+        counts = [int(b.shape[0]) for b in boxes]  # shapes: known on the host, no sync
         out_boxes = prior_xywh.expand(bsz, num_p, 4).clone()  # unmatched priors keep their box
         out_labels = torch.zeros(bsz, num_p, dtype=torch.int64, device=device)
         if sum(counts) == 0:
             return out_boxes, out_labels
         gt = torch.cat([b.to(device, torch.float32).reshape(-1, 4) for b in boxes])  # [G, 4]
         gt_labels = torch.cat([lb.to(device, torch.int64).reshape(-1) for lb in labels])
-        first_row = torch.tensor([0] + counts[:-1], device=device).cumsum(0)  # image -> GT row
+        n = _host_ints(counts, device)
+        first_row = n.cumsum(0) - n  # image -> its first row in gt
+        if dense:
+            matched = self._match_block(boxes, n, max(counts), iou_threshold, dense=True)
+            positive = matched >= 0
+            rows = torch.where(positive, matched + first_row[:, None], 0)  # [B, P] rows of gt
+            out_boxes = torch.where(positive[..., None], ltrb_to_xywh(gt)[rows], out_boxes)
+            out_labels = torch.where(positive, gt_labels[rows], out_labels)
+            return out_boxes, out_labels
         # Per image and prior: the matched GT's index in its image (or -1), block by block.
         matched = torch.full((bsz, num_p), -1, dtype=torch.int64, device=device)
-        budget = self.block_rows if device.type == "cpu" else 1 << 30
-        for block in _blocks(counts, budget):
+        for block in _blocks(counts, self.block_rows):
             if counts[block[-1]] == 0:
                 continue
             idx = torch.tensor(block, device=device)
-            matched[idx] = self._match_block([boxes[i] for i in block], counts, block,
-                                             iou_threshold)
+            matched[idx] = self._match_block([boxes[i] for i in block], n[idx],
+                                             counts[block[-1]], iou_threshold, dense=False)
         # Only the positives (a few percent of the priors) take their GT's box and label.
         img, prior = (matched >= 0).nonzero(as_tuple=True)
         rows = matched[img, prior] + first_row[img]
@@ -264,15 +306,18 @@ class BoxCoder:
     # Padded GT rows per block on CPU: a [rows, 8732] float32 block is ~2 MiB, one L2 cache.
     block_rows = 64
 
-    def _match_block(self, boxes, counts, block, iou_threshold) -> torch.Tensor:
-        """Matched GT index within each image (Tensor[b, P], -1 for background) for one block."""
+    def _match_block(self, boxes, n: torch.Tensor, m: int, iou_threshold: float, dense: bool
+                     ) -> torch.Tensor:
+        """Matched GT index within each image (Tensor[b, P], -1 for background) for b images.
+
+        Args:
+            boxes: b tensors [N_i, 4]; n (Tensor[b]) their N_i on the device; m = max N_i.
+        """
         device = boxes[0].device
-        bsz, num_p = len(block), self.num_priors
-        m = max(counts[i] for i in block)
+        bsz, num_p = len(boxes), self.num_priors
         gt = torch.nn.utils.rnn.pad_sequence([b.to(device, torch.float32).reshape(-1, 4)
                                               for b in boxes],
-                                             batch_first=True, padding_value=_PAD_BOX)  # [b, M, 4]
-        n = torch.tensor([counts[i] for i in block], device=device)
+                                             batch_first=True, padding_value=_PAD_BOX)  # [b, m, 4]
         valid = torch.arange(m, device=device) < n[:, None]
 
         iou = self.iou(gt.reshape(-1, 4)).reshape(bsz, m, num_p)
@@ -285,15 +330,20 @@ class BoxCoder:
         best_gt.scatter_reduce_(1, best_prior, gt_index, reduce="amax")
         # forced IoU is 2.0 in the reference, so forced priors pass its strict > threshold
         positive = (best_gt >= 0) | (best_iou > iou_threshold)
-        # Only the few non-forced positives need to know which GT they matched (first on ties).
+        # The non-forced positives take the GT they overlap most (first on ties; padded rows
+        # have IoU 0 and a positive's best IoU is above the threshold, so a real GT wins).
+        if dense:
+            nearest = torch.where(positive, iou.argmax(dim=1), -1)
+            return torch.where(best_gt >= 0, best_gt, nearest)
+        # On CPU only the few non-forced positives are looked up.
         bi, pi = (positive & (best_gt < 0)).nonzero(as_tuple=True)
         best_gt[bi, pi] = iou[bi, :, pi].argmax(dim=1)
         return best_gt
 
     def offsets(self, boxes_xywh: torch.Tensor) -> torch.Tensor:
         """Regression targets (Tensor[..., P, 4]) of encoded boxes (Tensor[..., P, 4], xywh)."""
-        _, dxywh = self._priors(boxes_xywh.device)
-        return offsets(boxes_xywh, dxywh, self.scale_xy, self.scale_wh)
+        _, dxywh, _, _, constants = self._on(boxes_xywh.device)
+        return offsets(boxes_xywh, dxywh, self.scale_xy, self.scale_wh, constants)
 
     def decode(self, ploc: torch.Tensor) -> torch.Tensor:
         """Network box outputs to boxes.

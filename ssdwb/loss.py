@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssdwb.anchors import DefaultBoxes
-from ssdwb.box_coder import offsets
+from ssdwb.box_coder import offset_constants, offsets
 
 __all__ = ["MultiBoxLoss", "hard_negative_mining"]
 
@@ -63,15 +63,23 @@ class MultiBoxLoss(nn.Module):
         self.scale_wh = dboxes.scale_wh
         self.neg_pos_ratio = neg_pos_ratio
         self.register_buffer("dboxes_xywh", dboxes.xywh.clone(), persistent=False)
+        # offsets()' constant rows as buffers: they move with .to(device) once, instead of a
+        # blocking host-to-device copy at every step
+        for name, t in zip(("offset_sub", "offset_mul", "offset_div"),
+                           offset_constants(dboxes.xywh, self.scale_xy, self.scale_wh)):
+            self.register_buffer(name, t, persistent=False)
 
     def forward(self, ploc: torch.Tensor, plabel: torch.Tensor, gloc: torch.Tensor,
                 glabel: torch.Tensor) -> torch.Tensor:
         ploc, plabel, gloc = ploc.float(), plabel.float(), gloc.float()
         dxywh = self.dboxes_xywh.to(ploc.device)
+        constants = tuple(t.to(ploc.device) for t in (self.offset_sub, self.offset_mul,
+                                                      self.offset_div))
         positive = glabel > 0
         num_pos = positive.sum(dim=1)
 
-        target = offsets(gloc.transpose(1, 2), dxywh, self.scale_xy, self.scale_wh)  # [B, P, 4]
+        target = offsets(gloc.transpose(1, 2), dxywh, self.scale_xy, self.scale_wh,
+                         constants)  # [B, P, 4]
         sl1 = F.smooth_l1_loss(ploc, target.transpose(1, 2), reduction="none", beta=1.0).sum(1)
         loc_loss = (positive.float() * sl1).sum(dim=1)
 

@@ -13,6 +13,7 @@ import fcntl
 import glob
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -342,6 +343,8 @@ class RunFolder:
         self.enabled = enabled
         self.mlperf = MLPerfLogger(self.path / "mlperf.log", enabled=enabled)
         self.metrics_path = self.path / "metrics.jsonl"
+        self._writer: threading.Thread | None = None  # the detections file being written
+        self._writer_error: BaseException | None = None
 
     # --- opening ---------------------------------------------------------------------------
     @staticmethod
@@ -431,10 +434,7 @@ class RunFolder:
         self.mlperf.event("eval_accuracy", accuracy, metadata={"epoch_num": epoch})
         if self.enabled and stats is not None:
             self._metrics({"eval": True, "epoch": epoch, "iteration": iteration, **stats})
-            from ssdwb.evaluate import array_to_results
-
-            atomic_json(array_to_results(results), self.path / f"detections_epoch{epoch}.json",
-                        indent=None)
+            self._write_detections(results, self.path / f"detections_epoch{epoch}.json")
         first = max([0] + [e for e in eval_epochs if e < epoch]) + 1
         self.mlperf.event("block_stop", metadata={"first_epoch_num": first})
 
@@ -453,7 +453,36 @@ class RunFolder:
     def stop(self, status: str, summary: dict) -> None:
         self.mlperf.event("run_stop", metadata={"status": status})
         if self.enabled:
+            self.wait()
             atomic_json(summary, self.path / "summary.json")
+
+    def wait(self) -> None:
+        """Returns once the last epoch's detections file is on disk."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+            if self._writer_error is not None:
+                error, self._writer_error = self._writer_error, None
+                raise error
+
+    def _write_detections(self, results, path: Path) -> None:
+        # COCO's ~1M detections make ~150 MB of JSON and seconds of formatting: a thread writes
+        # them while training goes on (the other ranks would wait for rank 0 at the next
+        # all-reduce), atomically as every file here. One at a time; stop() waits for it. A
+        # kill in those seconds loses that epoch's file, never its stats (in metrics.jsonl).
+        from ssdwb.evaluate import results_json
+
+        self.wait()
+
+        def write():
+            try:
+                text = (results_json(results) + "\n").encode()
+                atomic_write(path, lambda f: f.write(text))
+            except BaseException as e:  # raised again in the training thread by wait()
+                self._writer_error = e
+
+        self._writer = threading.Thread(target=write, name="ssdwb-detections", daemon=False)
+        self._writer.start()
 
     # --- internals -------------------------------------------------------------------------
     def _metrics(self, record: dict) -> None:

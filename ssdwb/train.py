@@ -41,7 +41,7 @@ from ssdwb.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train"]
+__all__ = ["train", "train_step"]
 
 
 class _StopSignal:
@@ -98,6 +98,41 @@ def _rebuild_ddp_buckets(ddp, model, criterion, coder, batch_size: int, image_si
             b.copy_(saved)
 
 
+def train_step(model, criterion, optimizer, scaler, coder, batch: dict, device: torch.device,
+               amp_dtype: torch.dtype | None, channels_last: bool, encode_on: str
+               ) -> torch.Tensor:
+    """One training step on one batch of ``build_loader``: to the device, normalise, (encode),
+    forward under autocast, the float32 loss, backward through the scaler, SGD step.
+
+    ``bench/bench_gpu.py`` times this very function. Nothing in it reads the device back except
+    ``scaler.step`` with fp16 (GradScaler checks its inf flag on the host).
+
+    Returns:
+        the loss (scalar Tensor on ``device``, not read).
+    """
+    from ssdwb.data import normalize
+
+    images = normalize(batch["images"].to(device, non_blocking=True))
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    if encode_on == "device":  # boxes cross as one packed tensor, encoded without a sync
+        counts = [len(b) for b in batch["boxes"]]
+        boxes = torch.cat(batch["boxes"]).to(device, non_blocking=True).split(counts)
+        labels = torch.cat(batch["labels"]).to(device, non_blocking=True).split(counts)
+        gloc, glabel = coder.encode_batch(boxes, labels, dense=True)
+    else:
+        gloc = batch["gloc"].to(device, non_blocking=True)
+        glabel = batch["glabel"].to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        ploc, plabel = model(images)
+    loss = criterion(ploc, plabel, gloc.transpose(1, 2), glabel)  # float32 inside
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 def _broadcast_buffers(model, dist) -> None:
     """Rank 0's BN running statistics to every rank: each rank updated its own in its last
     steps, and evaluation must score every shard with the model that is checkpointed."""
@@ -133,7 +168,6 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
     from ssdwb.data import (
         CocoDetection,
         build_loader,
-        normalize,
         resolve_data,
         set_epoch,
         train_transform,
@@ -227,6 +261,10 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
         model, device_ids=[device.index] if device.type == "cuda" else None)
         if dist.distributed else model)
     criterion = MultiBoxLoss(dboxes).to(device)
+    # Not the fused SGD, though with fp16 it would spare GradScaler.step()'s one read of the
+    # inf flag per step (the only host sync per step left, fp16 only): in torch 2.14 it leaves
+    # an uninitialised momentum buffer when the first steps are skipped for overflow, which
+    # they are at the initial scale (seen here: a non-finite loss 6 steps later on the CPU).
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -308,44 +346,26 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
             window_start, window_n, window_t, window_imgs = iteration, 0, time.time(), 0
             epoch_t, epoch_bad, bad_files = time.time(), 0, []
             for i, batch in enumerate(train_loader, start=skip):
-                # batch to device
                 lr = config.lr_at(iteration, dist.world_size, iters_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                images = normalize(batch["images"].to(device, non_blocking=True))
-                if config.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                if encode_on == "device":
-                    counts = [len(b) for b in batch["boxes"]]
-                    boxes = torch.cat(batch["boxes"]).to(device, non_blocking=True).split(counts)
-                    labels = torch.cat(batch["labels"]).to(device, non_blocking=True).split(counts)
-                    gloc, glabel = coder.encode_batch(boxes, labels)
-                else:
-                    gloc = batch["gloc"].to(device, non_blocking=True)
-                    glabel = batch["glabel"].to(device, non_blocking=True)
+                loss = train_step(ddp, criterion, optimizer, scaler, coder, batch, device,
+                                  amp_dtype, config.channels_last, encode_on)
                 if batch.get("bad_images"):
                     epoch_bad += len(batch["bad_images"])
                     bad_files += batch["bad_images"]
-                # forward, loss, backward, step
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    ploc, plabel = ddp(images)
-                loss = criterion(ploc, plabel, gloc.transpose(1, 2), glabel)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
                 iteration += 1
                 window_loss += loss.detach()
                 window_n += 1
-                window_imgs += images.shape[0] * dist.world_size
+                window_imgs += batch["images"].shape[0] * dist.world_size
                 bar.update(1)
                 # log: one read of the device per interval (and at the end of the epoch)
                 limit = bool(config.max_iters) and iteration >= config.max_iters
                 if iteration % config.log_interval and i + 1 < iters_per_epoch and not limit:
                     continue
                 flags = torch.stack([window_loss.float(), (~torch.isfinite(window_loss)).float(),
-                                     torch.tensor(float(stop.received is not None),
-                                                  device=device)])
+                                     torch.full((), float(stop.received is not None),
+                                                device=device)])  # a fill, not a copy
                 if dist.distributed:
                     shared = flags[1:].clone()
                     torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)

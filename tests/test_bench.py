@@ -108,3 +108,23 @@ def test_check_verdict_rejects_the_wrong_wording(rate, base, per_core, vs_v2):
     for wrong in (line.format(flip[per_core], vs_v2), line.format(per_core, flip[vs_v2])):
         with pytest.raises(AssertionError):
             check_verdict(wrong, rate, base)
+
+
+def test_bench_detections_prints_both_paths_and_checks_they_agree():
+    out = run("bench_detections.py", "--rows", "3000", "--images", "100")
+    for label in ("dicts + json.dumps (before)", "results_json", "eval_end holds the loop",
+                  "array -> dicts -> loadRes", "array -> loadRes", "serial on rank 0: before"):
+        assert label in out, (label, out)
+    assert re.search(r"mAP 0\.\d{4} both", out), out
+
+
+def test_bench_gpu_smoke_runs_every_row_on_the_cpu():
+    """The GPU check's code runs (tiny sizes) wherever the tests run, so a lent GPU session
+    does not spend its minutes on a broken script."""
+    out = run("bench_gpu.py", "--smoke", "--skip-tests", "--device", "cpu")
+    for label in ("train fp32 NCHW (ssdwb)", "train bf16 + NHWC (ssdwb)",
+                  "train bf16 + NHWC (torchvision SSD)", "ratio ssdwb / torchvision (bf16)",
+                  "ratio bf16+NHWC / fp32 NCHW", "eval inference+postprocess (4 img)",
+                  "eval coco_eval"):
+        assert label in out, (label, out)
+    assert re.search(r"train bf16 \+ NHWC \(ssdwb\)\s+\d+\.\d img/s\s+0\.0 syncs/step", out), out

@@ -56,13 +56,16 @@ def random_gt(gen, n):
     return torch.cat([xy, (xy + wh).clamp(max=1)], 1), torch.randint(1, 81, (n,), generator=gen)
 
 
+@pytest.mark.parametrize("dense", [False, True])
 @settings(max_examples=30, deadline=None)
 @given(counts=st.lists(st.integers(0, 12), min_size=1, max_size=4), seed=st.integers(0, 2**31))
-def test_encode_batch_equals_reference_per_image(counts, seed, dboxes):
+def test_encode_batch_equals_reference_per_image(counts, seed, dense, dboxes):
+    """Both ways of writing the positives (sparse: CPU; dense: the sync-free CUDA path, run
+    here on the CPU) give the reference's boxes and labels bit for bit."""
     gen = torch.Generator().manual_seed(seed)
     gts = [random_gt(gen, n) for n in counts]
     coder = BoxCoder(dboxes)
-    boxes, labels = coder.encode_batch([g[0] for g in gts], [g[1] for g in gts])
+    boxes, labels = coder.encode_batch([g[0] for g in gts], [g[1] for g in gts], dense=dense)
     assert boxes.shape == (len(counts), 8732, 4) and labels.dtype == torch.int64
     for b, (g, lab) in enumerate(gts):
         if len(g) == 0:
@@ -75,15 +78,16 @@ def test_encode_batch_equals_reference_per_image(counts, seed, dboxes):
         assert torch.equal(one_b, boxes[b]) and torch.equal(one_l, labels[b])
 
 
-@pytest.mark.parametrize("block_rows", [64, 5])
-def test_encode_batch_in_several_blocks(block_rows, dboxes):
-    """Images are grouped by GT count into blocks; results go back to each image's own row."""
+@pytest.mark.parametrize("block_rows,dense", [(64, False), (5, False), (5, True)])
+def test_encode_batch_in_several_blocks(block_rows, dense, dboxes):
+    """Images are grouped by GT count into blocks; results go back to each image's own row.
+    dense=True takes the whole batch as one block whatever block_rows says."""
     gen = torch.Generator().manual_seed(7)
     counts = [30, 0, 3, 25, 1, 0, 12, 30, 7]
     gts = [random_gt(gen, n) for n in counts]
     coder = BoxCoder(dboxes)
     coder.block_rows = block_rows
-    boxes, labels = coder.encode_batch([g[0] for g in gts], [g[1] for g in gts])
+    boxes, labels = coder.encode_batch([g[0] for g in gts], [g[1] for g in gts], dense=dense)
     for b, (g, lab) in enumerate(gts):
         if len(g) == 0:
             assert labels[b].sum() == 0 and torch.equal(boxes[b], coder.encode(g, lab)[0])
@@ -172,3 +176,52 @@ def test_first_argmax_equals_argmax_with_ties_and_nan(width):
     x[torch.rand(50, width, generator=gen) < 2.0 / width] = float("nan")
     x[3] = float("-inf")
     assert torch.equal(first_argmax(x), x.argmax(dim=1))
+
+
+def test_dense_encode_never_reads_the_device(dboxes):
+    """The CUDA path's encode (dense=True) runs no op that makes the host wait for the device:
+    no nonzero (its output size lives on the device), no .item(). Counted on the CPU, where
+    the same ops dispatch."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    waits = {torch.ops.aten.nonzero.default, torch.ops.aten._local_scalar_dense.default,
+             torch.ops.aten.is_nonzero.default}
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func in waits
+            return func(*args, **(kwargs or {}))
+
+    gen = torch.Generator().manual_seed(3)
+    gts = [random_gt(gen, n) for n in (4, 0, 9)]
+    coder = BoxCoder(dboxes)
+    coder.encode_batch([g[0] for g in gts], [g[1] for g in gts], dense=True)  # builds the cache
+    with Count():
+        coder.encode_batch([g[0] for g in gts], [g[1] for g in gts], dense=True)
+    assert Count.n == 0
+    with Count():  # the check can fail: the sparse CPU path does read back
+        coder.encode_batch([g[0] for g in gts], [g[1] for g in gts], dense=False)
+    assert Count.n > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_encode_and_loss_on_cuda_never_sync(dboxes):
+    from ssdwb.loss import MultiBoxLoss
+
+    gen = torch.Generator().manual_seed(2)
+    gts = [random_gt(gen, n) for n in (3, 0, 7)]
+    coder, loss = BoxCoder(dboxes), MultiBoxLoss(dboxes).cuda()
+    boxes = [g[0].cuda() for g in gts]
+    labels = [g[1].cuda() for g in gts]
+    ploc = torch.randn(3, 4, 8732, device="cuda")
+    plabel = torch.randn(3, 81, 8732, device="cuda")
+    gloc, glabel = coder.encode_batch(boxes, labels)  # first call: caches the priors
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        gloc, glabel = coder.encode_batch(boxes, labels)
+        loss(ploc, plabel, gloc.transpose(1, 2), glabel)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -1,10 +1,12 @@
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
 from ssdwb.config import TrainConfig, preset
+from ssdwb.evaluate import array_to_results
 
 C4140 = {  # SPEC.md: GPUs, batch/GPU, global batch, base lr flag, wd, warmup
     "1x": (4, 120, 480, 2.92e-3, 1.6e-4, 650),
@@ -163,6 +165,25 @@ def test_coco_eval_backends_agree_and_empty_is_zero(tiny):
         assert a[k] == pytest.approx(b[k], abs=1e-4)
     assert 0 < a["mAP"] < 1
     assert coco_eval(gt, [], "faster-coco-eval") == dict.fromkeys(STAT_KEYS, 0.0)
+    assert coco_eval(gt, np.zeros((0, 7)), "pycocotools") == dict.fromkeys(STAT_KEYS, 0.0)
+    # the array goes to both backends' loadRes as it is: the same numbers as COCO's dicts
+    dicts = array_to_results(arr)
+    for backend, want in (("pycocotools", a), ("faster-coco-eval", b)):
+        assert coco_eval(gt, dicts, backend) == want
+
+
+def test_results_json_is_json_dumps_of_the_results():
+    import numpy as np
+
+    from ssdwb.evaluate import results_json
+
+    rng = np.random.default_rng(1)
+    arr = np.column_stack([rng.integers(1, 9, 50), rng.random((50, 4)) * 640 - 20,
+                           rng.random(50), rng.integers(1, 91, 50)])
+    arr[0, 1:5] = [0.1, 1e-7, 123456789.0, -0.0]  # reprs json writes in its own way
+    assert results_json(arr) == json.dumps(array_to_results(arr))
+    assert json.loads(results_json(arr)) == array_to_results(arr)
+    assert results_json(np.zeros((0, 7))) == "[]"
 
 
 def test_sigusr1_checkpoints_and_the_run_resumes(tiny):
@@ -193,10 +214,50 @@ def test_sigusr1_checkpoints_and_the_run_resumes(tiny):
     assert summary["status"] == "success" and summary["iterations"] == 8
 
 
-def test_host_syncs_at_most_one_per_log_interval(tiny):
+@pytest.mark.parametrize("changes", [{"encode_on": "device"}, {"channels_last": True},
+                                     {"amp": "bf16"}, {"amp": "fp16"},
+                                     {"amp": "fp16", "channels_last": True, "encode_on": "device"}],
+                         ids=["encode-on-device", "channels-last", "bf16", "fp16", "cuda-like"])
+def test_gpu_code_paths_train_on_the_cpu(tiny, changes):
+    """What a CUDA run does differently (encode in the loop, NHWC, autocast, fp16's GradScaler)
+    runs through train() here. Encoding in the loop is bit-identical to encoding in the loader;
+    the others stay close to the fp32 run on the same batches. fp16 overflows at the initial
+    scale, so its first steps are skipped, and training must go on finite after them (torch
+    2.14's fused SGD did not: garbage momentum, a non-finite loss)."""
+    from ssdwb.runs import load_checkpoint
+    from ssdwb.train import train
+
+    ref = tiny / "runs" / "full"
+    if not ref.exists():
+        train(tiny_config(tiny, "full"))
+    name = "gpu-path-" + "-".join(f"{k}-{v}" for k, v in changes.items())
+    summary = train(tiny_config(tiny, name, **changes))
+    assert summary["status"] == "success" and summary["iterations"] == 8
+    assert summary["amp"] == changes.get("amp", "off")
+    assert summary["channels_last"] == changes.get("channels_last", False)
+    got = [x["loss"] for x in lines(tiny / "runs" / name / "metrics.jsonl") if "loss" in x]
+    want = [x["loss"] for x in lines(ref / "metrics.jsonl") if "loss" in x]
+    if changes == {"encode_on": "device"}:
+        assert got == want
+    else:
+        # the first step: same weights, same batch; the loss itself is float32 in every mode
+        assert got[0] == pytest.approx(want[0], rel=0.02)
+        assert all(math.isfinite(x) for x in got) and got[-1] < got[0]
+    scaler = load_checkpoint(tiny / "runs" / name / "checkpoint.pt")["scaler"]
+    assert bool(scaler) == (changes.get("amp") == "fp16")  # GradScaler state only with fp16
+    if scaler:
+        assert scaler["scale"] < 2.0 ** 16  # steps were skipped for overflow
+
+
+@pytest.mark.parametrize("changes", [{}, {"encode_on": "device", "amp": "bf16",
+                                          "channels_last": True}],
+                         ids=["cpu-path", "cuda-path"])
+def test_host_syncs_at_most_one_per_log_interval(tiny, changes):
     """The steady path reads the device once per log interval: 4 more iterations at
     log_interval=2 add at most 2 reads (``.item()``/``bool(tensor)``/``nonzero`` would add one
-    per iteration). The loader works in a worker process, outside the counting."""
+    per iteration). The loader works in a worker process, outside the counting. The CUDA path
+    (encoding in the loop, autocast, NHWC) is counted the same way on the CPU. Not fp16:
+    GradScaler.step() reads its inf flag at every step (see train.py, optimizer)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -216,9 +277,9 @@ def test_host_syncs_at_most_one_per_log_interval(tiny):
 
     def syncs(iterations):
         with CountSyncs() as c:
-            s = train(tiny_config(tiny, f"syncs{iterations}", batch_size=1, epochs=1,
-                                  eval_at=[1], max_iters=iterations, log_interval=2,
-                                  num_workers=1))
+            s = train(tiny_config(tiny, f"syncs{iterations}-{len(changes)}", batch_size=1,
+                                  epochs=1, eval_at=[1], max_iters=iterations, log_interval=2,
+                                  num_workers=1, **changes))
         assert s["iterations"] == iterations
         return c.n
 

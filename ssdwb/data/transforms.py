@@ -222,9 +222,17 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return out
 
 
+_MEAN_STD: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def _mean_std(device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.tensor(MEAN, device=device).view(3, 1, 1),
-            torch.tensor(STD, device=device).view(3, 1, 1))
+    # Made once per device: torch.tensor(list, device="cuda") is a blocking host-to-device
+    # copy, and this runs at every training step.
+    device = torch.device(device)
+    if device not in _MEAN_STD:
+        _MEAN_STD[device] = (torch.tensor(MEAN, device=device).view(3, 1, 1),
+                             torch.tensor(STD, device=device).view(3, 1, 1))
+    return _MEAN_STD[device]
 
 
 def _normalize_batch(images: torch.Tensor) -> torch.Tensor:
