@@ -1,6 +1,7 @@
 """The ``ssdwb`` command, every subcommand of the project: ``ssdwb data {synth,download,verify}``,
 ``ssdwb train``, ``ssdwb eval``, ``ssdwb demo``, ``ssdwb report``, ``ssdwb notebook``,
-``ssdwb checkpoint convert``. Thin: each subcommand parses flags and calls the package.
+``ssdwb checkpoint convert``, ``ssdwb predict``, ``ssdwb export``, ``ssdwb plan``. Thin: each
+subcommand parses flags and calls the package.
 ``python -m ssdwb.train ...`` is ``ssdwb train ...``."""
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ def _eval(args) -> int:
     return 0
 
 
+class _ProgressLines(logging.Filter):
+    """Of what the notebook's cells print (papermill logs it), only train()'s ``[ssdwb]`` lines
+    (one per epoch with images/s, loss and ETA, one per evaluation), and warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        lines = [x for x in record.getMessage().splitlines() if x.startswith("[ssdwb]")]
+        record.msg, record.args = "\n".join(lines), ()
+        return bool(lines)
+
+
 def _demo(args) -> int:
     """The README's demo: the training notebook on the synthetic set, then the run's report."""
     from ssdwb.notebooks import execute
@@ -104,14 +117,24 @@ def _demo(args) -> int:
     data = ensure_shapes(args.data)
     run_id = args.run_id or time.strftime("demo-%Y%m%d-%H%M%S")
     run = resolve_path(args.run_dir) / run_id
-    params = {"preset": "demo", "data_dir": str(data), "run_dir": str(run.parent),
+    from ssdwb.config import demo_preset
+
+    name = demo_preset()
+    print(f"[ssdwb] preset {name}" + ("" if name == "demo" else
+                                      ": this CPU has no native bf16, so fp32 and fewer epochs"),
+          flush=True)
+    params = {"preset": name, "data_dir": str(data), "run_dir": str(run.parent),
               "run_id": run_id, "extra": list(args.set or [])}
     print(f"[ssdwb] training notebook -> {run / 'train.ipynb'}", flush=True)
+    logging.getLogger("papermill").addFilter(_ProgressLines())
     execute("train", run / "train.ipynb", params, progress=False, log_output=True)
     report = render_report(run)
     summary = json.loads((run / "summary.json").read_text())
     print(f"[ssdwb] demo run folder: {run}")
-    print(f"[ssdwb] final mAP@[.5:.95] on the synthetic val split: {summary['final_map']:.4f}")
+    final = summary["final_map"]
+    print(f"[ssdwb] final mAP@[.5:.95] on the synthetic val split: "
+          f"{'no evaluation ran' if final is None else f'{final:.4f}'} ({summary['status']}: "
+          f"{summary['reason']})")
     print(f"[ssdwb] report: {report}")
     return 0 if summary["status"] == "success" else 1
 
@@ -148,6 +171,105 @@ def _checkpoint(args) -> int:
         return 1
     print(f"{out}: converted to the safe checkpoint format")
     return 0
+
+
+# --- use a trained model: predict, export; plan a cluster ------------------------------------
+def _predict(args) -> int:
+    from ssdwb.predict import predict
+    from ssdwb.runs import CheckpointError
+
+    try:
+        summary = predict(args.checkpoint, args.inputs, args.out, score=args.score,
+                          device=args.device, batch_size=args.batch_size, workers=args.workers,
+                          draw=not args.no_png)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{summary['images']} image(s), {summary['detections']} detection(s) above "
+          f"{args.score} -> {summary['out']}/detections.json (class names: "
+          f"{summary['classes_from']})")
+    for name, reason in summary["skipped"]:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    return 1 if summary["skipped"] else 0
+
+
+def _export(args) -> int:
+    from ssdwb.export import check_onnx, export_onnx
+    from ssdwb.runs import CheckpointError
+
+    try:
+        out = export_onnx(args.checkpoint, args.onnx, decoded=args.decoded)
+    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{out}: ONNX, input images [B, 3, 300, 300] (dynamic B), outputs ploc, plabel"
+          f"{', boxes, scores' if args.decoded else ''}")
+    if not args.no_check:
+        diff = check_onnx(out, args.checkpoint)
+        worst = max(diff.values())
+        print("onnxruntime (CPU) vs torch, largest |difference|: "
+              + ", ".join(f"{k} {v:.2g}" for k, v in diff.items()))
+        if worst > 1e-3:
+            print(f"error: onnxruntime differs from torch by {worst:.2g}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _plan(args) -> int:
+    from ssdwb.plan import SSDWB, SYSTEMS, format_plan, plan_table
+
+    a = SSDWB.replace(overlap=args.overlap, inter_node_GBps=args.inter_node_gbps,
+                      grad_bytes=2 if args.fp16_gradients else 4)
+    if args.img_per_s_per_gpu is not None:
+        try:
+            a = a.measured(args.img_per_s_per_gpu, args.bench_batch)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    systems = [SYSTEMS[args.system]] if args.system else None
+    rows = plan_table(a, systems)
+    print(json.dumps(rows, indent=1) if args.json else format_plan(rows, a))
+    return 0
+
+
+def _add_use_subcommands(sub) -> None:
+    from ssdwb.plan import SSDWB, SYSTEMS
+
+    pr = sub.add_parser("predict", help="run a checkpoint on images: detections.json and a PNG "
+                        "with labelled boxes per image")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    pr.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    pr.add_argument("--score", type=float, default=0.3, help="keep detections above this score")
+    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--workers", type=int, default=2, help="loader processes decoding images")
+    pr.add_argument("--no-png", action="store_true", help="only detections.json")
+    pr.set_defaults(func=_predict)
+    ex = sub.add_parser("export", help="a checkpoint to ONNX (dynamic batch), checked with "
+                        "onnxruntime")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    ex.add_argument("--decoded", action="store_true",
+                    help="also output the decoded boxes and the softmax scores (before NMS)")
+    ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    ex.set_defaults(func=_export)
+    pl = sub.add_parser("plan", help="minutes to 0.23 mAP on 1-16 C4140 nodes (fitted to Dell "
+                        "EMC's MLPerf v0.7 results)")
+    pl.add_argument("--system", choices=list(SYSTEMS), help="one system (default: all)")
+    pl.add_argument("--img-per-s-per-gpu", type=float, metavar="X",
+                    help="measured training throughput of one GPU (bench/bench_gpu.py); default: "
+                         "the V100 figure fitted to Dell's results")
+    pl.add_argument("--bench-batch", type=int, default=120,
+                    help="images per GPU per step of that measurement (bench_gpu.py's --batch)")
+    pl.add_argument("--inter-node-gbps", type=float, default=SSDWB.inter_node_GBps,
+                    help="all-reduce bandwidth between nodes, GB/s (default: EDR InfiniBand)")
+    pl.add_argument("--overlap", type=float, default=SSDWB.overlap,
+                    help="share of the all-reduce hidden behind the backward pass (0-1)")
+    pl.add_argument("--fp16-gradients", action="store_true",
+                    help="all-reduce fp16 gradients (ssdwb's DDP reduces fp32)")
+    pl.add_argument("--json", action="store_true", help="the rows as JSON")
+    pl.set_defaults(func=_plan)
 
 
 def _add_run_subcommands(sub) -> None:
@@ -232,10 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=_data)
 
     _add_run_subcommands(sub)
+    _add_use_subcommands(sub)
     return ap
 
 
-SUBCOMMANDS = ("data", "train", "eval", "demo", "report", "notebook", "checkpoint")
+SUBCOMMANDS = ("data", "train", "eval", "demo", "report", "notebook", "checkpoint", "predict",
+               "export", "plan")
 
 
 def main(argv: list[str] | None = None, default: str | None = None) -> int:

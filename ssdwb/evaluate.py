@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 
 import numpy as np
@@ -29,6 +30,14 @@ __all__ = ["STAT_KEYS", "coco_eval", "coco_eval_details", "detections_to_coco", 
 
 STAT_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
              "ARl")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The evaluators' prints, and numpy's warnings on the NaN/inf boxes an untrained model can
+    decode (the box area of loadRes): a report must not show them as a red stderr block."""
+    with contextlib.redirect_stdout(io.StringIO()), np.errstate(all="ignore"):
+        yield
 
 
 def coco_eval(coco_gt, results, backend: str = "faster-coco-eval") -> dict[str, float]:
@@ -49,7 +58,7 @@ def coco_eval(coco_gt, results, backend: str = "faster-coco-eval") -> dict[str, 
         return dict.fromkeys(STAT_KEYS, 0.0)
     if isinstance(results, np.ndarray):  # both backends' loadRes take the [N, 7] array itself
         results = np.ascontiguousarray(results, dtype=np.float64)
-    quiet = contextlib.redirect_stdout(io.StringIO())
+    quiet = _quiet()
     if backend == "pycocotools":
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
@@ -94,7 +103,7 @@ def coco_eval_details(coco_gt, results) -> dict:
     dataset = coco_gt if isinstance(coco_gt, dict) else coco_gt.dataset
     if isinstance(results, np.ndarray):
         results = np.ascontiguousarray(results, dtype=np.float64)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet():
         gt = COCO()
         gt.dataset = dataset
         gt.createIndex()
@@ -136,7 +145,13 @@ def results_json(arr: np.ndarray) -> str:
     """Array [N, 7] -> the JSON text of its COCO results on one line: the bytes
     ``json.dumps(array_to_results(arr))`` gives (``%r`` is the shortest round-trip repr, as
     json's), in half its time, with no dict per row (``bench/bench_detections.py``)."""
-    rows = map(tuple, np.asarray(arr, dtype=np.float64).tolist())
+    arr = np.asarray(arr, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        # An untrained model's decoded boxes can overflow (exp) to inf and NaN, which the
+        # reference keeps. %r would write them as nan/inf, which json cannot read back; json
+        # writes NaN/Infinity, which it can.
+        return json.dumps(array_to_results(arr))
+    rows = map(tuple, arr.tolist())
     return "[" + ", ".join([_RESULT_ROW % r for r in rows]) + "]"
 
 

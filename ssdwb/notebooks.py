@@ -25,7 +25,7 @@ from ssdwb.runs import project_root
 
 __all__ = ["NOTEBOOKS", "notebook_path", "execute", "parse_value"]
 
-NOTEBOOKS = ("anchors", "augmentations", "train", "results", "compare_runs")
+NOTEBOOKS = ("anchors", "augmentations", "train", "results", "compare_runs", "plan")
 
 
 def notebook_path(name: str | os.PathLike) -> Path:
@@ -86,6 +86,12 @@ def execute(notebook: str | os.PathLike, output: str | os.PathLike, parameters: 
             except ValueError:  # not the main thread
                 break
     Path(output).parent.mkdir(parents=True, exist_ok=True)
+    # The kernel inherits this process's environment: no tqdm widgets in a notebook nobody
+    # watches (saved, they read "0%" in the report); train() prints a line per epoch instead.
+    from ssdwb.train import PROGRESS_BARS_ENV
+
+    bars_before = os.environ.get(PROGRESS_BARS_ENV)
+    os.environ[PROGRESS_BARS_ENV] = "0"
     try:
         return pm.execute_notebook(str(notebook_path(notebook)), str(output),
                                    parameters=parameters or {}, kernel_name=kernel_name,
@@ -94,6 +100,10 @@ def execute(notebook: str | os.PathLike, output: str | os.PathLike, parameters: 
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if bars_before is None:
+            os.environ.pop(PROGRESS_BARS_ENV, None)
+        else:
+            os.environ[PROGRESS_BARS_ENV] = bars_before
 
 
 def parse_value(raw: str):

@@ -338,6 +338,7 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike, enabled: bool = True):
         from ssdwb.mlperf import MLPerfLogger
+        from ssdwb.tensorboard import TensorBoardLog
 
         self.path = Path(path)
         self.enabled = enabled
@@ -345,6 +346,7 @@ class RunFolder:
         self.metrics_path = self.path / "metrics.jsonl"
         self._writer: threading.Thread | None = None  # the detections file being written
         self._writer_error: BaseException | None = None
+        self.tensorboard = TensorBoardLog(self.path, enabled=False)  # create/resume enable it
 
     # --- opening ---------------------------------------------------------------------------
     @staticmethod
@@ -354,6 +356,8 @@ class RunFolder:
 
     @classmethod
     def create(cls, path: str | os.PathLike, config, enabled: bool = True) -> RunFolder:
+        from ssdwb.tensorboard import TensorBoardLog
+
         folder = cls(path, enabled)
         if enabled:
             found = cls.existing_run(folder.path)
@@ -364,16 +368,22 @@ class RunFolder:
                     f"notebook), or choose another run_id")
             folder.path.mkdir(parents=True, exist_ok=True)
             folder.write_config(config)
+        folder.tensorboard = TensorBoardLog(folder.path, config, enabled and config.tensorboard)
         return folder
 
     @classmethod
     def resume(cls, path: str | os.PathLike, checkpoint: dict, config,
                enabled: bool = True) -> RunFolder:
+        from ssdwb.tensorboard import TensorBoardLog
+
         folder = cls(path, enabled)
         if enabled:
             folder.write_config(config)
             truncate_file(folder.metrics_path, checkpoint["metrics_offset"])
             truncate_file(folder.mlperf.path, checkpoint["mlperf_offset"])
+        # what the first run logged after its checkpoint is logged again: TensorBoard drops it
+        folder.tensorboard = TensorBoardLog(folder.path, config, enabled and config.tensorboard,
+                                            purge_step=checkpoint["iteration"] + 1)
         return folder
 
     def write_config(self, config) -> None:
@@ -416,6 +426,7 @@ class RunFolder:
     def step_window(self, **record) -> None:
         """One metrics.jsonl line per log interval (iteration, epoch, loss, lr, images_per_s)."""
         self._metrics(record)
+        self.tensorboard.step_window(record)
 
     def epoch_end(self, epoch: int, bad_images: int = 0, bad_files: list[str] = ()) -> None:
         self.mlperf.event("epoch_stop", metadata={"epoch_num": epoch})
@@ -435,6 +446,7 @@ class RunFolder:
         if self.enabled and stats is not None:
             self._metrics({"eval": True, "epoch": epoch, "iteration": iteration, **stats})
             self._write_detections(results, self.path / f"detections_epoch{epoch}.json")
+            self.tensorboard.eval_end(iteration, stats, results)
         first = max([0] + [e for e in eval_epochs if e < epoch]) + 1
         self.mlperf.event("block_stop", metadata={"first_epoch_num": first})
 
@@ -452,6 +464,7 @@ class RunFolder:
 
     def stop(self, status: str, summary: dict) -> None:
         self.mlperf.event("run_stop", metadata={"status": status})
+        self.tensorboard.close()
         if self.enabled:
             self.wait()
             atomic_json(summary, self.path / "summary.json")

@@ -41,7 +41,9 @@ from ssdwb.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "train_step"]
+__all__ = ["train", "train_step", "PROGRESS_BARS_ENV"]
+
+PROGRESS_BARS_ENV = "SSDWB_PROGRESS_BARS"  # "0": no tqdm bars (set for papermill's kernels)
 
 
 class _StopSignal:
@@ -287,6 +289,9 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
     if dist.distributed:
         _rebuild_ddp_buckets(ddp, model, criterion, coder, config.batch_size, config.image_size,
                              device, amp_dtype, config.channels_last)
+    # Progress bars on rank 0, except in a notebook run by papermill (ssdwb.notebooks.execute
+    # says so): its saved widget would show "0%" in the report; the per-epoch lines remain.
+    bars = main and os.environ.get(PROGRESS_BARS_ENV, "1") != "0"
     if main:
         print(f"[ssdwb] run {run_id}: {dist.world_size} rank(s) on {device.type}, amp {amp}, "
               f"channels_last {config.channels_last}, {iters_per_epoch} iterations/epoch, "
@@ -304,7 +309,10 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
             "scaler": scaler.state_dict(), "iteration": iteration, "epoch": epoch,
             "position": position, "rng": rng, "config": config.to_dict(), "history": history,
             "train_time": train_time + time.time() - t0, "bad_images": bad_total,
-            "world_size": dist.world_size, "global_batch": config.global_batch(dist.world_size)})
+            "world_size": dist.world_size, "global_batch": config.global_batch(dist.world_size),
+            # plain data, so weights_only loading keeps working; `ssdwb predict` names classes
+            "classes": [{"id": int(c), "name": train_ds.label_names[lab]}
+                        for lab, c in sorted(train_ds.label_to_cat.items())]})
         if dist.distributed:
             # No rank goes on (returns, or resumes) before rank 0's checkpoint is on disk: a
             # rank that resumed at once read the previous checkpoint and skipped other batches.
@@ -336,7 +344,7 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
                 folder.epoch_start(ep, eval_epochs)
             set_epoch(train_loader, epoch)
             ddp.train()
-            bar = tqdm(total=iters_per_epoch, initial=skip, desc=f"epoch {ep}", disable=not main,
+            bar = tqdm(total=iters_per_epoch, initial=skip, desc=f"epoch {ep}", disable=not bars,
                        mininterval=5, leave=False)
             # Resuming mid-epoch: the sampler starts at batch `skip`; samples carry their own
             # augmentation seeds, so the batches after it are the ones the first run saw.
@@ -424,7 +432,7 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
                 _broadcast_buffers(model, dist)
                 stats, results = evaluate(model, val_loader, coder, val_ds, device,
                                           dist.world_size, amp, config.channels_last,
-                                          config.eval_backend, main)
+                                          config.eval_backend, bars)
                 box = [stats["mAP"] if main else 0.0]
                 if dist.distributed:
                     torch.distributed.broadcast_object_list(box, src=0)

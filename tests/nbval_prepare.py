@@ -29,6 +29,7 @@ def small_parameters(out: Path) -> dict[str, dict]:
                   "num_workers": 0, "log_interval": 1},
         "results": {"run_root": str(out / "runs-results"), "data_dir": data, "interactive": False},
         "compare_runs": {"runs": str(out / "runs-compare") + "/*", "data_dir": data},
+        "plan": {},
     }
 
 

@@ -107,7 +107,8 @@ def test_ddp_train_resumes_bit_exact_and_evaluates_the_checkpointed_model(tmp_pa
     def cfg(run_id, **kw):
         return preset("demo", data_dir=str(tmp_path / "data"), run_dir=str(tmp_path / "runs"),
                       run_id=run_id, batch_size=2, epochs=2, eval_at=[1, 2], num_workers=0,
-                      log_interval=1, eval_batch_size=3, warmup=2, lr=5e-3, **kw)
+                      log_interval=1, eval_batch_size=3, warmup=2, lr=5e-3,
+                      amp="off", channels_last=False, lr_decay_at=[2], **kw)
 
     runs = [{"config": cfg("straight")}, {"config": cfg("cut", max_iters=6)},
             {"resume": str(tmp_path / "runs" / "cut"), "overrides": ["max_iters=0"]}]

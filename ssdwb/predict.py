@@ -1,0 +1,285 @@
+"""A trained checkpoint on your own images: ``ssdwb predict``.
+
+    ssdwb predict --checkpoint runs/<id>/checkpoint.pt photos/ street.jpg --out predictions/
+    ssdwb predict --checkpoint C IMG... --score 0.5 --device cuda --batch-size 32
+
+The model is rebuilt from the checkpoint's own config (``model_width``, ``image_size``,
+``resize``) with the number of classes its weights hold, on the default boxes training uses
+(``dboxes300_coco``, the only design ``ssdwb.train`` builds). Images go through the evaluation
+path: ``val_transform`` (PIL bilinear resize to 300x300), ``normalize`` on the model's device,
+the model, then ``postprocess`` with ``--score`` as its score threshold (greedy NMS keeps a box
+because of higher-scoring boxes only, so filtering at 0.3 before NMS keeps exactly the
+detections above 0.3 that filtering at 0.05 and dropping the rest after would keep).
+
+What lands in ``--out``:
+
+* ``detections.json``: COCO results (``image_id``, ``category_id``, ``bbox`` [x, y, w, h] in
+  pixels of the original image, ``score``) with ``file_name`` and ``category`` (the class name)
+  added to every row; ``image_id`` is the image's position in the input list, from 1.
+* ``<name>.png`` per image: the image with labelled boxes (``ssdwb.plots.draw_boxes``), its
+  longer side at most 1280 pixels.
+
+Class names and COCO category ids, in this order: a ``classes`` list saved in the checkpoint,
+the categories of the run's val (or train) annotation file when it is still at the config's
+``data_dir`` and has as many classes as the weights, COCO 2017's 80 categories for an 81-class
+model, and otherwise ``class N`` with category id N.
+
+An unreadable or missing image is reported by name and skipped; the others still run, and the
+command then exits with status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Trained", "load_trained", "class_info", "find_images", "predict", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+@dataclass
+class Trained:
+    """A checkpoint's model, ready for inference.
+
+    Attributes:
+        model: ``SSD300`` in eval mode, on ``device``.
+        config: the run's ``TrainConfig``.
+        coder: ``BoxCoder`` on the default boxes it was trained with.
+        label_names: label (1..C-1) -> class name.
+        label_to_cat: label -> COCO category id.
+        classes_from: where the names came from (for messages).
+        device: where ``model`` is.
+    """
+
+    model: torch.nn.Module
+    config: object
+    coder: object
+    label_names: dict[int, str]
+    label_to_cat: dict[int, int]
+    classes_from: str
+    device: torch.device
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+
+def _num_classes(state: dict, path) -> int:
+    """Classes (background included) of an ``SSD300`` state dict: the first conf head has
+    ``NUM_DEFAULTS[0] * C`` output channels."""
+    from ssdwb.model import NUM_DEFAULTS
+
+    weight = state.get("conf.0.weight")
+    if weight is None or weight.shape[0] % NUM_DEFAULTS[0]:
+        raise ValueError(f"{path}: the model weights hold no SSD300 class head (conf.0.weight)")
+    return weight.shape[0] // NUM_DEFAULTS[0]
+
+
+def _coco2017() -> tuple[dict[int, str], dict[int, int]]:
+    """COCO 2017's 80 categories in id order (the annotation files' order): torchvision ships
+    the names indexed by category id, with "N/A" at the 11 unused ids."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    names = FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]
+    ids = [i for i, n in enumerate(names) if i > 0 and n != "N/A"]
+    return ({k + 1: names[c] for k, c in enumerate(ids)}, {k + 1: c for k, c in enumerate(ids)})
+
+
+def class_info(checkpoint: dict, config, num_classes: int
+               ) -> tuple[dict[int, str], dict[int, int], str]:
+    """``(label -> name, label -> category id, source)`` for a checkpoint (module docstring)."""
+    want = num_classes - 1
+    saved = checkpoint.get("classes")
+    if isinstance(saved, (list, tuple)) and len(saved) == want:
+        return ({i + 1: str(c["name"]) for i, c in enumerate(saved)},
+                {i + 1: int(c["id"]) for i, c in enumerate(saved)}, "the checkpoint")
+    try:
+        from ssdwb.data import resolve_data
+        from ssdwb.data.coco import read_coco_json
+        from ssdwb.runs import resolve_path
+
+        paths = resolve_data(resolve_path(config.data_dir))
+        for key in ("val_ann", "train_ann"):
+            if paths[key].exists():
+                data, _ = read_coco_json(paths[key])
+                cats = data["categories"]
+                if len(cats) == want:  # labels follow the file's category order (CocoDetection)
+                    return ({i + 1: str(c["name"]) for i, c in enumerate(cats)},
+                            {i + 1: int(c["id"]) for i, c in enumerate(cats)}, str(paths[key]))
+    except (FileNotFoundError, ValueError) as e:
+        log.info("class names: the run's dataset is not usable here (%s)", e)
+    if want == 80:
+        names, cats = _coco2017()
+        return names, cats, "COCO 2017's 80 categories"
+    return ({i: f"class {i}" for i in range(1, num_classes)},
+            {i: i for i in range(1, num_classes)}, "numbered (no class names found)")
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> Trained:
+    """A checkpoint (``ssdwb.runs.load_checkpoint``: weights only, safe) -> :class:`Trained`."""
+    from ssdwb.anchors import dboxes300_coco
+    from ssdwb.box_coder import BoxCoder
+    from ssdwb.config import TrainConfig
+    from ssdwb.model import SSD300
+    from ssdwb.runs import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    config = TrainConfig.from_dict(ckpt["config"], str(path))
+    num_classes = _num_classes(ckpt["model"], path)
+    model = SSD300(num_classes=num_classes, width=config.model_width)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: the weights do not fit SSD300(width={config.model_width}, "
+                         f"num_classes={num_classes}): {str(e).splitlines()[0]}") from e
+    device = torch.device(device)
+    model.eval().to(device)
+    names, cats, source = class_info(ckpt, config, num_classes)
+    return Trained(model, config, BoxCoder(dboxes300_coco()), names, cats, source, device)
+
+
+def find_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Files given, and the image files (by suffix, sorted) of folders given, in order; a path
+    that does not exist stays in the list (it is reported as unreadable)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.is_file()
+                          and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+class _Images(torch.utils.data.Dataset):
+    """Image files through ``val_transform``: ``(uint8 Tensor[3, S, S] or None, index, (h, w),
+    error message or None)``."""
+
+    def __init__(self, files: list[Path], transform):
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        try:
+            with Image.open(self.files[i]) as im:
+                image = im.convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            # PIL.UnidentifiedImageError and truncated files are OSErrors
+            return None, i, (0, 0), f"{type(e).__name__}: {e}"
+        w, h = image.size
+        tensor, _ = self.transform(image, {})
+        return tensor, i, (h, w), None
+
+
+def _collate(items):
+    ok = [x for x in items if x[0] is not None]
+    bad = [(x[1], x[3]) for x in items if x[0] is None]
+    if not ok:
+        return None, None, None, bad
+    return (torch.stack([x[0] for x in ok]), torch.tensor([x[1] for x in ok]),
+            torch.tensor([x[2] for x in ok]), bad)
+
+
+def _png_names(files: list[Path]) -> list[str]:
+    """``<stem>.png`` per input, ``<stem>_2.png`` ... where two inputs share a stem."""
+    seen: dict[str, int] = {}
+    names = []
+    for f in files:
+        n = seen[f.stem] = seen.get(f.stem, 0) + 1
+        names.append(f"{f.stem}.png" if n == 1 else f"{f.stem}_{n}.png")
+    return names
+
+
+def _save_png(path: Path, file: Path, rows: np.ndarray, names: dict[int, str]) -> None:
+    from PIL import Image
+
+    from ssdwb.runs import atomic_write
+    from ssdwb.tensorboard import render_detections
+
+    with Image.open(file) as im:
+        pixels = render_detections(im.convert("RGB"), rows, names, max_side=1280)
+    atomic_write(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+
+
+def predict(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike],
+            out: str | os.PathLike, score: float = 0.3, device: str = "auto",
+            batch_size: int = 8, workers: int = 0, progress: bool = True,
+            draw: bool = True) -> dict:
+    """Runs a checkpoint on images and writes ``detections.json`` and one PNG per image.
+
+    Args:
+        checkpoint: an ssdwb ``checkpoint.pt``.
+        inputs: image files and folders (see :func:`find_images`).
+        out: output folder (made if missing).
+        score: keep detections scoring above this.
+        device: ``auto`` (CUDA when there is one), ``cpu`` or ``cuda``.
+        batch_size, workers: images per forward pass; loader processes decoding them.
+        draw: write the PNGs.
+
+    Returns:
+        ``{"images": decoded count, "detections": rows written, "skipped": [(file, reason)],
+        "out": out folder, "classes_from": where the class names came from}``.
+    """
+    from tqdm.auto import tqdm
+
+    from ssdwb.data.transforms import normalize, val_transform
+    from ssdwb.detect import postprocess
+    from ssdwb.evaluate import detections_to_coco
+    from ssdwb.runs import atomic_write
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    files = find_images(inputs)
+    if not files:
+        raise FileNotFoundError(f"no images in {[str(p) for p in inputs]} (looked for "
+                                f"{', '.join(IMAGE_SUFFIXES)} in folders)")
+    trained = load_trained(checkpoint, device)
+    cfg = trained.config
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    loader = torch.utils.data.DataLoader(
+        _Images(files, val_transform(cfg.image_size, cfg.resize)), batch_size=batch_size,
+        num_workers=workers, collate_fn=_collate)
+    pngs = _png_names(files)
+    cat_name = {trained.label_to_cat[k]: v for k, v in trained.label_names.items()}
+    parts, skipped, done = [], [], 0
+    with torch.no_grad(), tqdm(total=len(files), desc="predict", unit="img",
+                               disable=not progress) as bar:
+        for images, index, sizes, bad in loader:
+            for i, reason in bad:
+                log.warning("skipped %s: cannot be read (%s)", files[i], reason)
+                skipped.append((str(files[i]), reason))
+            if images is not None:
+                ploc, plabel = trained.model(normalize(images.to(trained.device)))
+                dets = postprocess(ploc.float(), plabel.float(), trained.coder,
+                                   score_threshold=score)
+                rows = detections_to_coco(dets, index + 1, sizes, trained.label_to_cat)
+                parts.append(rows)
+                done += len(index)
+                if draw:
+                    for i in index.tolist():
+                        _save_png(out / pngs[i], files[i], rows[rows[:, 0] == i + 1], cat_name)
+            bar.update(len(bad) + (0 if images is None else len(images)))
+    rows = np.concatenate(parts) if parts else np.zeros((0, 7))
+    results = [{"image_id": int(r[0]), "file_name": str(files[int(r[0]) - 1]),
+                "category_id": int(r[6]), "category": cat_name.get(int(r[6]), str(int(r[6]))),
+                "bbox": [float(r[1]), float(r[2]), float(r[3]), float(r[4])],
+                "score": float(r[5])} for r in rows]
+    text = json.dumps(results) + "\n"
+    atomic_write(out / "detections.json", lambda f: f.write(text.encode()))
+    return {"images": done, "detections": len(results), "skipped": skipped, "out": str(out),
+            "classes_from": trained.classes_from}
