@@ -4,12 +4,14 @@ gets, each a full ``ssdwb train`` of the demo preset on the synthetic set. Print
     .venv/bin/python bench/bench_demo.py                       # the full matrix (about 1.5 h)
     .venv/bin/python bench/bench_demo.py --epochs 4 --seeds 1  # a quick look at reduced epochs
     .venv/bin/python bench/bench_demo.py --jobs 2              # OMP_NUM_THREADS=1 runs in pairs
+    .venv/bin/python bench/bench_demo.py --dir runs/matrix     # kept; rerun to carry it on
 
 Rows: for each seed (``--seeds``, default 1 2 3) the preset with ``OMP_NUM_THREADS=1`` and with
 the variable unset (torch then uses every core), then the ``demo-fp32`` preset (what ``ssdwb
 demo`` picks on a CPU without native bf16: fewer epochs for the same wall time; here forced with
 ``amp=off``). ``--jobs 2`` runs the single-thread runs two at a time: their mAP does not depend
-on it (same kernels, same thread count), their wall time does.
+on it (same kernels, same thread count), their wall time does. A run read back from ``--dir``
+without its recorded wall time shows its training time (summary.json's time_to_train_s).
 
 Targets (issue 17): every bf16 run's final mAP >= 0.30 and all within 0.03 of each other; the
 fp32 run >= 0.25; the preset's own run (seed 1, threads unset) >= 0.35. ``time make demo`` (the
@@ -41,14 +43,24 @@ def run(name: str, preset: str, seed: int, threads: str | None, args, root: Path
         sets += [f"epochs={args.epochs}", f"eval_at=[{args.epochs}]"]
     if preset == "demo-fp32":
         sets.append("amp=off")  # emulates a CPU without bf16, whatever this one has
+    summary_path = root / name / "summary.json"
+    if summary_path.exists():  # --dir: a matrix carried on; this run finished before
+        s = json.loads(summary_path.read_text())
+        if s["status"] == "success":
+            wall = root / name / "bench_wall_s"
+            return {"name": name, "preset": preset, "seed": seed, "threads": threads or "unset",
+                    "amp": s["amp"], "epochs": s["epochs"], "mAP": s["final_map"],
+                    "wall_s": float(wall.read_text()) if wall.exists() else s["time_to_train_s"]}
+        raise SystemExit(f"{summary_path}: status {s['status']} ({s['reason']}); remove the "
+                         f"folder to run it again")
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "ssdwb.train", "--preset", preset, "--set",
                           *sets], cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
-    summary_path = root / name / "summary.json"
     if out.returncode != 0 or not summary_path.exists():
         raise SystemExit(f"{name} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
     s = json.loads(summary_path.read_text())
+    (root / name / "bench_wall_s").write_text(f"{wall}\n")
     return {"name": name, "preset": preset, "seed": seed, "threads": threads or "unset",
             "amp": s["amp"], "epochs": s["epochs"], "mAP": s["final_map"], "wall_s": wall}
 
@@ -61,7 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=0, help="reduced epochs (0: the preset's)")
     ap.add_argument("--jobs", type=int, default=1, help="single-thread runs at a time")
     ap.add_argument("--skip-fp32", action="store_true")
+    ap.add_argument("--threads", choices=("both", "1", "unset"), default="both",
+                    help="only the OMP_NUM_THREADS=1 runs, or only the unset ones (with fp32)")
     ap.add_argument("--out", default="", help="also write the rows as JSON here")
+    ap.add_argument("--dir", default="", help="keep the runs here (default: a temporary "
+                    "folder); runs already finished there are read, not run again")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -69,13 +85,15 @@ def main(argv: list[str] | None = None) -> None:
 
     ensure_shapes(args.data)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        single = [(f"s{s}-t1", "demo", s, "1") for s in args.seeds]
-        default = [(f"s{s}-tall", "demo", s, None) for s in args.seeds]
+        root = Path(args.dir or tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        single = [(f"s{s}-t1", "demo", s, "1") for s in args.seeds
+                  if args.threads != "unset"]
+        default = [(f"s{s}-tall", "demo", s, None) for s in args.seeds if args.threads != "1"]
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             rows = list(pool.map(lambda r: run(*r, args, root), single))
         rows += [run(*r, args, root) for r in default]
-        if not args.skip_fp32:
+        if not args.skip_fp32 and args.threads != "1":
             rows.append(run(f"s{args.seeds[0]}-fp32", "demo-fp32", args.seeds[0], None, args,
                             root))
     print(f"\n{'run':<10} {'preset':<10} {'seed':>4} {'threads':>7} {'amp':>5} {'epochs':>6} "
@@ -83,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(f"{r['name']:<10} {r['preset']:<10} {r['seed']:>4} {r['threads']:>7} {r['amp']:>5} "
               f"{r['epochs']:>6} {r['mAP']:>7.4f} {r['wall_s'] / 60:>6.1f} m")
-    bf16 = [r["mAP"] for r in rows if r["preset"] == "demo"]
+    bf16 = [r["mAP"] for r in rows if r["preset"] == "demo"] or [float("nan")]
     lo, hi = min(bf16), max(bf16)
     print(f"demo preset: min {lo:.4f}, max {hi:.4f}, spread {hi - lo:.4f} "
           f"(targets: min >= 0.30 {'met' if lo >= 0.30 else 'NOT met'}, spread <= 0.03 "

@@ -128,3 +128,19 @@ def test_bench_gpu_smoke_runs_every_row_on_the_cpu():
                   "eval coco_eval"):
         assert label in out, (label, out)
     assert re.search(r"train bf16 \+ NHWC \(ssdwb\)\s+\d+\.\d img/s\s+0\.0 syncs/step", out), out
+
+
+def test_bench_demo_matrix_at_reduced_epochs_and_carried_on(tmp_path):
+    from ssdwb.runs import ensure_shapes
+
+    data = ensure_shapes(tmp_path / "shapes", num_train=16, num_val=4)
+    args = ("--data", str(data), "--epochs", "1", "--seeds", "1", "--dir", str(tmp_path / "m"))
+    out = run("bench_demo.py", *args)
+    for label in ("s1-t1", "s1-tall", "s1-fp32", "demo preset: min", "demo-fp32 (amp=off):",
+                  "reduced to 1 epochs"):
+        assert label in out, (label, out)
+    assert re.search(r"s1-fp32\s+demo-fp32\s+1\s+unset\s+off\s+1\s+\d\.\d{4}", out), out
+    again = run("bench_demo.py", *args)  # every run is read back from --dir, none is rerun
+    table = [x for x in out.splitlines() if x.startswith("s1-")]
+    assert [x.split()[:7] for x in again.splitlines() if x.startswith("s1-")] == \
+        [x.split()[:7] for x in table]
