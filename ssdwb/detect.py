@@ -36,6 +36,11 @@ double, but its CUDA kernel takes the threshold as a float, which would round th
 *double* below 0.5 back up to 0.5 (keeping IoU exactly 0.5). Two zero-area boxes at one place
 have IoU 0/0 = NaN and both stay, as in torchvision (the reference's ``iou < 0.5`` test would
 remove the second).
+
+Every entry carries its prior (default-box) index from the score filter to the output, so
+``return_index=True`` adds it to each image's detections at the cost of one more ``split``:
+``ssdwb.attribution.prior_cells`` turns it into (level, box type, row, column)
+(``bench/bench_postprocess.py`` times both forms against the one before the index).
 """
 
 from __future__ import annotations
@@ -51,14 +56,14 @@ from ssdwb.box_coder import BoxCoder
 
 __all__ = ["postprocess", "Detections", "STRATEGIES"]
 
-Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes_ltrb [K,4], labels, scores
+Detections = tuple[torch.Tensor, ...]  # boxes_ltrb [K,4], labels, scores (, priors with the index)
 STRATEGIES = ("batched", "per_group")
 
 
 def postprocess(ploc: torch.Tensor, plabel: torch.Tensor, dboxes: DefaultBoxes | BoxCoder,
                 score_threshold: float = 0.05, nms_iou: float = 0.5,
                 candidates_per_class: int = 200, max_detections: int = 200,
-                strategy: str | None = None) -> list[Detections]:
+                strategy: str | None = None, return_index: bool = False) -> list[Detections]:
     """Detections per image.
 
     Args:
@@ -67,10 +72,13 @@ def postprocess(ploc: torch.Tensor, plabel: torch.Tensor, dboxes: DefaultBoxes |
         dboxes: the default boxes (or a ``BoxCoder`` built on them).
         strategy: ``"batched"`` (default) or ``"per_group"`` NMS (see the module docstring).
             Both give the same detections.
+        return_index: also return each detection's default box.
 
     Returns:
         B tuples ``(boxes (Tensor[K, 4]) in (x1, y1, x2, y2) fractions of the image, unclipped,
-        labels (Tensor[K]) int64 in 1..C-1, scores (Tensor[K]))``, scores descending, K <= 200.
+        labels (Tensor[K]) int64 in 1..C-1, scores (Tensor[K]))``, scores descending, K <= 200;
+        with ``return_index`` a fourth entry, ``priors`` (Tensor[K] int64): the index in
+        ``dboxes`` (0..P-1) of the default box each detection was decoded from.
     """
     strategy = strategy or "batched"
     if strategy not in STRATEGIES:
@@ -107,7 +115,7 @@ def postprocess(ploc: torch.Tensor, plabel: torch.Tensor, dboxes: DefaultBoxes |
         kept_count = torch.bincount(kept_img, minlength=bsz)
         complete = (per_image[rows] <= n) | (kept_count[rows] >= max_detections)
         _collect(results, kept_img, kept_cls, kept_prior, kept_value, boxes, max_detections,
-                 rows[complete].tolist())
+                 rows[complete].tolist(), return_index)
         todo = rows[~complete].tolist()
         wanted *= 4
     return results  # type: ignore[return-value]
@@ -216,8 +224,10 @@ def _batched_greedy_nms(boxes, row, col, small, threshold: float) -> torch.Tenso
     return out
 
 
-def _collect(results, img, cls, prior, value, boxes, max_detections, images) -> None:
-    """Fill ``results[b]`` for the given images: their best kept entries, score descending."""
+def _collect(results, img, cls, prior, value, boxes, max_detections, images,
+             return_index: bool = False) -> None:
+    """Fill ``results[b]`` for the given images: their best kept entries, score descending
+    (and their prior indices with ``return_index``)."""
     if not images:
         return
     wanted = torch.zeros(len(results), dtype=torch.bool, device=img.device)
@@ -233,7 +243,9 @@ def _collect(results, img, cls, prior, value, boxes, max_detections, images) -> 
     top = rank < max_detections
     img, cls, prior, value = img[top], cls[top], prior[top], value[top]
     counts = counts.clamp(max=max_detections).tolist()
-    parts = zip(boxes[img, prior].split(counts), (cls + 1).split(counts), value.split(counts))
-    for b, part in enumerate(parts):
+    split = [boxes[img, prior].split(counts), (cls + 1).split(counts), value.split(counts)]
+    if return_index:
+        split.append(prior.split(counts))
+    for b, part in enumerate(zip(*split)):
         if b in images:
             results[b] = part

@@ -6,7 +6,10 @@ Layout mirrors COCO's, so the same code reads both::
     OUT_DIR/annotations/instances_train.json, instances_val.json
 
 Categories are shape x colour (4 x 3 = 12 by default) with COCO-like, non-contiguous ids, so the
-label <-> category-id mapping is exercised. Images are 320 to 640 px a side with 1 to 12 objects
+label <-> category-id mapping is exercised. A category's ``supercategory`` is its shape (the
+family: "red square", "green square" and "blue square" are "square"s), so in COCO's error
+analysis (``ssdwb.error_analysis``) a shape in the wrong colour is a ``Sim`` error and a wrong
+shape an ``Oth`` error. Images are 320 to 640 px a side with 1 to 12 objects
 from ~12 px to ~60 % of the image, overlapping now and then. Same arguments, same bytes.
 """
 
