@@ -118,18 +118,12 @@ def time_steps(step, loader, args, device) -> tuple[float, float, float]:
     return n / (time.perf_counter() - t), syncs / args.steps, float(loss.detach())
 
 
-def train_ssdwb(ds, args, device, amp: str, channels_last: bool):
-    from ssdwb.anchors import dboxes300_coco
-    from ssdwb.box_coder import BoxCoder
+def _training_side(model, ds, args, device, amp: str, channels_last: bool, coder):
+    """What both sides share: the model on the device (NHWC if asked), SGD, GradScaler, the
+    autocast dtype and the real loader (raw boxes for the device; encoded by ``coder`` there)."""
     from ssdwb.data import build_loader
-    from ssdwb.loss import MultiBoxLoss
-    from ssdwb.model import SSD300
-    from ssdwb.train import train_step
 
-    torch.manual_seed(0)
-    dboxes = dboxes300_coco()
-    coder, criterion = BoxCoder(dboxes), MultiBoxLoss(dboxes).to(device)
-    model = SSD300(num_classes=81, backbone_weights=None, width=args.width).to(device).train()
+    model = model.to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
@@ -138,6 +132,22 @@ def train_ssdwb(ds, args, device, amp: str, channels_last: bool):
     loader = build_loader(ds, args.batch, train=True, distributed=False,
                           num_workers=args.workers, seed=0, coder=coder, encode_on="device",
                           device=device, persistent_workers=args.workers > 0)
+    return model, opt, scaler, dtype, loader
+
+
+def train_ssdwb(ds, args, device, amp: str, channels_last: bool):
+    from ssdwb.anchors import dboxes300_coco
+    from ssdwb.box_coder import BoxCoder
+    from ssdwb.loss import MultiBoxLoss
+    from ssdwb.model import SSD300
+    from ssdwb.train import train_step
+
+    torch.manual_seed(0)
+    dboxes = dboxes300_coco()
+    coder, criterion = BoxCoder(dboxes), MultiBoxLoss(dboxes).to(device)
+    model = SSD300(num_classes=81, backbone_weights=None, width=args.width)
+    model, opt, scaler, dtype, loader = _training_side(model, ds, args, device, amp,
+                                                       channels_last, coder)
     rate = time_steps(lambda b: train_step(model, criterion, opt, scaler, coder, b, device,
                                            dtype, channels_last, "device"),
                       loader, args, device)
@@ -148,18 +158,10 @@ def train_torchvision(ds, args, device, amp: str, channels_last: bool):
     """torchvision's SSD training path around our network (bench_train.py builds it)."""
     from bench_train import torchvision_ssd
 
-    from ssdwb.data import build_loader
 
     torch.manual_seed(0)
-    model = torchvision_ssd(args.width).to(device).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
-    loader = build_loader(ds, args.batch, train=True, distributed=False,
-                          num_workers=args.workers, seed=0, coder=None, encode_on="device",
-                          device=device, persistent_workers=args.workers > 0)
+    model, opt, scaler, dtype, loader = _training_side(torchvision_ssd(args.width), ds, args,
+                                                       device, amp, channels_last, None)
 
     def step(batch):
         images = batch["images"].to(device, non_blocking=True).float().div_(255)
