@@ -20,8 +20,8 @@ What it measures:
   autocast + GradScaler + channels_last, fed the loader's raw boxes. Images/s over ``--steps``
   steps after ``--warmup`` (cuDNN benchmark picks algorithms then).
 * Host syncs per step of ``train_step`` under ``torch.cuda.set_sync_debug_mode("warn")``: 0 is
-  the target for fp32/bf16; fp16 has GradScaler's one read of its inf flag per step. The
-  training loop adds one read per log interval (train.py).
+  the target, fp16 included (``ssdwb.optim.SGD`` takes GradScaler's inf flag on the device; the
+  peer's stock SGD reads it once per step). The training loop adds one read per log interval.
 * Evaluation on ``--eval-images`` val images (640x480, 80 classes): inference + postprocess
   (fp16, channels_last) and coco_eval, seconds and images/s. The model is barely trained, so
   every class fills its 200 candidates: postprocess at its heaviest.
@@ -118,15 +118,17 @@ def time_steps(step, loader, args, device) -> tuple[float, float, float]:
     return n / (time.perf_counter() - t), syncs / args.steps, float(loss.detach())
 
 
-def _training_side(model, ds, args, device, amp: str, channels_last: bool, coder):
-    """What both sides share: the model on the device (NHWC if asked), SGD, GradScaler, the
-    autocast dtype and the real loader (raw boxes for the device; encoded by ``coder`` there)."""
+def _training_side(model, ds, args, device, amp: str, channels_last: bool, coder,
+                   sgd=torch.optim.SGD):
+    """What both sides share: the model on the device (NHWC if asked), SGD (``sgd``: ours takes
+    fp16's overflow skip on the device), GradScaler, the autocast dtype and the real loader (raw
+    boxes for the device; encoded by ``coder`` there)."""
     from ssdwb.data import build_loader
 
     model = model.to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    opt = sgd(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
     loader = build_loader(ds, args.batch, train=True, distributed=False,
@@ -140,6 +142,7 @@ def train_ssdwb(ds, args, device, amp: str, channels_last: bool):
     from ssdwb.box_coder import BoxCoder
     from ssdwb.loss import MultiBoxLoss
     from ssdwb.model import SSD300
+    from ssdwb.optim import SGD
     from ssdwb.train import train_step
 
     torch.manual_seed(0)
@@ -147,7 +150,7 @@ def train_ssdwb(ds, args, device, amp: str, channels_last: bool):
     coder, criterion = BoxCoder(dboxes), MultiBoxLoss(dboxes).to(device)
     model = SSD300(num_classes=81, backbone_weights=None, width=args.width)
     model, opt, scaler, dtype, loader = _training_side(model, ds, args, device, amp,
-                                                       channels_last, coder)
+                                                       channels_last, coder, SGD)
     rate = time_steps(lambda b: train_step(model, criterion, opt, scaler, coder, b, device,
                                            dtype, channels_last, "device"),
                       loader, args, device)

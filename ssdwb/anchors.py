@@ -10,16 +10,28 @@ The reference clamps all four ``xywh`` components to [0, 1] and derives ``ltrb``
 ``xywh`` without clamping again; IoU matching uses ``ltrb``. Everything here is float32: the
 reference computed in Python doubles and stored float32, which is what we do too (computing in
 float64, rounding once).
+
+A design other than the reference's (``ssdwb anchors fit``, ``ssdwb.anchor_fit``) keeps the
+grids (feature sizes, steps) and lists its box types per level explicitly as (w, h) in pixels
+(``box_types``) instead of deriving them from scales and aspect ratios. Designs travel as plain
+dicts (:meth:`DefaultBoxes.to_dict`, a design JSON file, a checkpoint's ``"anchors"``);
+:func:`default_boxes` builds one from ``"reference"``, a file or such a dict.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-__all__ = ["DefaultBoxes", "dboxes300_coco", "coverage", "coverage_summary", "SIZE_BINS"]
+__all__ = ["DefaultBoxes", "dboxes300_coco", "default_boxes", "load_design", "save_design",
+           "coverage", "coverage_summary", "SIZE_BINS", "DESIGN_FORMAT"]
+
+DESIGN_FORMAT = "ssdwb-anchors/1"
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,8 @@ class DefaultBoxes:
         steps: pixel stride of each level, e.g. ``[8, 16, 32, 64, 100, 300]``.
         scales: ``len(feature_sizes) + 1`` box scales in pixels.
         aspect_ratios: per level, the ratios ``a`` besides 1 (each adds two box types).
+        box_types: instead of ``scales`` and ``aspect_ratios``: per level, the (w, h) of each box
+            type in pixels (a fitted design). Same layout, centres and clamping.
         scale_xy, scale_wh: variances used by the box coder (0.1 and 0.2 in the reference).
 
     Attributes:
@@ -60,8 +74,9 @@ class DefaultBoxes:
     fig_size: int
     feature_sizes: list[int]
     steps: list[float]
-    scales: list[float]
-    aspect_ratios: list[list[float]]
+    scales: list[float] | None = None
+    aspect_ratios: list[list[float]] | None = None
+    box_types: list[list[tuple[float, float]]] | None = None
     scale_xy: float = 0.1
     scale_wh: float = 0.2
     xywh: torch.Tensor = field(init=False, repr=False)
@@ -70,21 +85,38 @@ class DefaultBoxes:
 
     def __post_init__(self) -> None:
         n = len(self.feature_sizes)
-        if not (len(self.steps) == n and len(self.aspect_ratios) == n and len(self.scales) == n + 1):
+        if len(self.steps) != n:
+            raise ValueError(f"need {n} steps for {n} feature sizes; got {len(self.steps)}")
+        if self.box_types is not None:
+            if self.scales is not None or self.aspect_ratios is not None:
+                raise ValueError("give box_types or scales and aspect_ratios, not both")
+            if len(self.box_types) != n or any(len(t) == 0 for t in self.box_types):
+                raise ValueError(f"box_types: need a non-empty list of (w, h) for each of the {n} "
+                                 f"levels; got {[len(t) for t in self.box_types]}")
+            bad = [wh for t in self.box_types for wh in t
+                   if len(wh) != 2 or not all(math.isfinite(v) and v > 0 for v in wh)]
+            if bad:
+                raise ValueError(f"box_types: (w, h) must be two positive pixel sizes; got {bad[:3]}")
+        elif self.scales is None or self.aspect_ratios is None or not (
+                len(self.aspect_ratios) == n and len(self.scales) == n + 1):
             raise ValueError(
-                f"need {n} steps and aspect-ratio lists and {n + 1} scales for {n} feature sizes; "
-                f"got {len(self.steps)}, {len(self.aspect_ratios)} and {len(self.scales)}"
-            )
+                f"need {n} aspect-ratio lists and {n + 1} scales for {n} feature sizes; got "
+                f"{None if self.aspect_ratios is None else len(self.aspect_ratios)} and "
+                f"{None if self.scales is None else len(self.scales)}")
         chunks, levels, start = [], [], 0
         for k, fsize in enumerate(self.feature_sizes):
             fk = self.fig_size / self.steps[k]
-            sk1 = self.scales[k] / self.fig_size
-            sk2 = self.scales[k + 1] / self.fig_size
-            sk3 = math.sqrt(sk1 * sk2)
-            sizes = [(sk1, sk1), (sk3, sk3)]
-            for a in self.aspect_ratios[k]:
-                w, h = sk1 * math.sqrt(a), sk1 / math.sqrt(a)
-                sizes += [(w, h), (h, w)]
+            if self.box_types is not None:
+                sizes = [(float(w) / self.fig_size, float(h) / self.fig_size)
+                         for w, h in self.box_types[k]]
+            else:
+                sk1 = self.scales[k] / self.fig_size
+                sk2 = self.scales[k + 1] / self.fig_size
+                sk3 = math.sqrt(sk1 * sk2)
+                sizes = [(sk1, sk1), (sk3, sk3)]
+                for a in self.aspect_ratios[k]:
+                    w, h = sk1 * math.sqrt(a), sk1 / math.sqrt(a)
+                    sizes += [(w, h), (h, w)]
             # float64 maths then one rounding to float32, as the reference's Python floats did.
             centres = (torch.arange(fsize, dtype=torch.float64) + 0.5) / fk
             cy, cx = torch.meshgrid(centres, centres, indexing="ij")  # row i, column j
@@ -142,6 +174,38 @@ class DefaultBoxes:
             raise ValueError(f"order must be 'ltrb' or 'xywh', not {order!r}")
         return self.ltrb if order == "ltrb" else self.xywh
 
+    def to_dict(self) -> dict:
+        """The design as plain data (JSON, a checkpoint's ``"anchors"``); :func:`default_boxes`
+        rebuilds the same boxes from it, bit for bit."""
+        d = {"format": DESIGN_FORMAT, "fig_size": self.fig_size,
+             "feature_sizes": list(self.feature_sizes), "steps": list(self.steps)}
+        if self.box_types is not None:
+            d["box_types"] = [[[float(w), float(h)] for w, h in t] for t in self.box_types]
+        else:
+            d["scales"] = list(self.scales)
+            d["aspect_ratios"] = [list(a) for a in self.aspect_ratios]
+        d.update(scale_xy=self.scale_xy, scale_wh=self.scale_wh)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "design") -> DefaultBoxes:
+        """Inverse of :meth:`to_dict`; extra keys (a fit's ``"fit"`` report) are ignored.
+        Raises ValueError naming ``source`` for anything malformed."""
+        if not isinstance(d, dict) or d.get("format") != DESIGN_FORMAT:
+            raise ValueError(f"{source}: not an anchor design (expected \"format\": "
+                             f"\"{DESIGN_FORMAT}\")")
+        try:
+            kw = {k: d[k] for k in ("fig_size", "feature_sizes", "steps")}
+            for k in ("scales", "aspect_ratios", "box_types", "scale_xy", "scale_wh"):
+                if k in d:
+                    kw[k] = d[k]
+            if "box_types" in kw:
+                kw["box_types"] = [[(float(w), float(h)) for w, h in t] for t in kw["box_types"]]
+            return cls(**kw)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{source}: not a valid anchor design ({type(e).__name__}: {e})"
+                             ) from e
+
 
 def dboxes300_coco() -> DefaultBoxes:
     """The reference's 8732 default boxes for a 300x300 input."""
@@ -152,6 +216,40 @@ def dboxes300_coco() -> DefaultBoxes:
         scales=[21, 45, 99, 153, 207, 261, 315],
         aspect_ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]],
     )
+
+
+def load_design(path: str | os.PathLike) -> DefaultBoxes:
+    """A design JSON file (``ssdwb anchors fit`` writes them) -> :class:`DefaultBoxes`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no anchor design file there")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not JSON ({e})") from e
+    return DefaultBoxes.from_dict(data, str(path))
+
+
+def save_design(dboxes: DefaultBoxes, path: str | os.PathLike, **extra) -> Path:
+    """Writes ``dboxes.to_dict()`` (plus ``extra`` keys, e.g. a fit report) atomically."""
+    from ssdwb.runs import atomic_json
+
+    atomic_json({**dboxes.to_dict(), **extra}, path, indent=1)
+    return Path(path)
+
+
+def default_boxes(spec: str | os.PathLike | dict | None = "reference",
+                  source: str = "design") -> DefaultBoxes:
+    """The default boxes of a run: ``"reference"`` (or None: :func:`dboxes300_coco`, SPEC.md's
+    8732), a design dict (a checkpoint's ``"anchors"``; ``source`` names it in errors) or a
+    design file's path (relative paths from the project root, as ``data_dir``)."""
+    if spec is None or spec == "reference":
+        return dboxes300_coco()
+    if isinstance(spec, dict):
+        return DefaultBoxes.from_dict(spec, source)
+    from ssdwb.runs import resolve_path
+
+    return load_design(resolve_path(spec))
 
 
 # COCO's object-size bins, in pixel area of the original image.

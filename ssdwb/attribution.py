@@ -55,9 +55,13 @@ def prior_cells(dboxes: DefaultBoxes, priors) -> dict[str, np.ndarray]:
 def box_type_names(dboxes: DefaultBoxes) -> list[list[str]]:
     """Per level, a name per box type from its (w, h): ``"1:1"`` for the square ``s_k``,
     ``"1:1 s'"`` for the square ``sqrt(s_k * s_k+1)``, ``"2:1"`` / ``"1:2"`` ... (w:h) for the
-    aspect-ratio pairs (``DefaultBoxes``' order)."""
+    aspect-ratio pairs (``DefaultBoxes``' order); ``"WxH"`` in pixels for a design that lists
+    its box types (a fitted one)."""
     names = []
     for lv in dboxes.levels:
+        if dboxes.box_types is not None:  # a fitted design: each type by its size in pixels
+            names.append([f"{w:.0f}x{h:.0f}" for w, h in dboxes.box_types[lv.index]])
+            continue
         row = []
         for t, (w, h) in enumerate(lv.sizes):
             if t < 2:
@@ -211,30 +215,25 @@ def infer_run(run, device: str = "cpu", batch_size: int | None = None,
         dict with ``epoch`` (the checkpoint's), ``results`` (array [N, 7]), ``priors`` (array
         [N] int64), ``dboxes`` and ``dataset`` (the val ``CocoDetection``).
     """
-    from ssdwb.anchors import dboxes300_coco
     from ssdwb.box_coder import BoxCoder
-    from ssdwb.config import TrainConfig
     from ssdwb.data import CocoDetection, build_loader, resolve_data, val_transform
     from ssdwb.evaluate import infer
-    from ssdwb.model import SSD300
+    from ssdwb.predict import model_from_checkpoint
     from ssdwb.runs import load_checkpoint, load_run
     from ssdwb.runtime import resolve_amp
 
     run = load_run(run) if not hasattr(run, "path") else run
     ckpt = load_checkpoint(run.path / "checkpoint.pt")
-    config = TrainConfig.from_dict(ckpt["config"], run.path / "checkpoint.pt")
+    model, config, dboxes = model_from_checkpoint(ckpt, run.path / "checkpoint.pt")
     paths = resolve_data(data_dir or config.data_dir)
     ds = CocoDetection(paths["val_images"], paths["val_ann"],
                        transform=val_transform(config.image_size, config.resize))
-    model = SSD300(num_classes=ds.num_classes, width=config.model_width)
-    model.load_state_dict(ckpt["model"])
     dev = torch.device(device)
     model.to(dev)
     if config.channels_last:  # the run's precision and layout, as its evaluations had
         model = model.to(memory_format=torch.channels_last)
     loader = build_loader(ds, batch_size or config.eval_batch_size, train=False, num_workers=0,
                           device=dev)
-    dboxes = dboxes300_coco()
     results, _, priors = infer(model, loader, BoxCoder(dboxes), ds.label_to_cat, dev,
                                resolve_amp(config.amp, dev), config.channels_last,
                                with_priors=True)

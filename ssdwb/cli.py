@@ -1,7 +1,7 @@
 """The ``ssdwb`` command, every subcommand of the project: ``ssdwb data {synth,download,verify}``,
-``ssdwb train``, ``ssdwb eval``, ``ssdwb demo``, ``ssdwb report``, ``ssdwb notebook``,
-``ssdwb checkpoint convert``, ``ssdwb predict``, ``ssdwb export``, ``ssdwb plan``. Thin: each
-subcommand parses flags and calls the package.
+``ssdwb anchors fit``, ``ssdwb train``, ``ssdwb eval``, ``ssdwb demo``, ``ssdwb report``,
+``ssdwb notebook``, ``ssdwb checkpoint convert``, ``ssdwb predict``, ``ssdwb export``,
+``ssdwb plan``. Thin: each subcommand parses flags and calls the package.
 ``python -m ssdwb.train ...`` is ``ssdwb train ...``."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import time
 def _data(args) -> int:
     if args.data_cmd == "synth":
         from ssdwb.data.synthetic import make_shapes_coco
-        from ssdwb.runs import DEMO_SHAPES
+        from ssdwb.runs import DEMO_SHAPES, THIN_SHAPES
 
-        shapes = DEMO_SHAPES if args.profile == "demo" else {}
+        shapes = {"demo": DEMO_SHAPES, "thin": THIN_SHAPES}.get(args.profile, {})
         out = make_shapes_coco(args.out_dir, args.train, args.val, seed=args.seed, **shapes)
         print(f"synthetic COCO-format dataset in {out}")
         return 0
@@ -66,12 +66,11 @@ def _eval(args) -> int:
     """A checkpoint on a val split, through the evaluator training uses."""
     import torch
 
-    from ssdwb.anchors import dboxes300_coco
     from ssdwb.box_coder import BoxCoder
     from ssdwb.config import TrainConfig
     from ssdwb.data import CocoDetection, build_loader, resolve_data, val_transform
     from ssdwb.evaluate import evaluate
-    from ssdwb.model import SSD300
+    from ssdwb.predict import model_from_checkpoint
     from ssdwb.runs import load_checkpoint
     from ssdwb.runtime import resolve_amp
 
@@ -83,14 +82,13 @@ def _eval(args) -> int:
     paths = resolve_data(args.data or config.data_dir)
     ds = CocoDetection(paths["val_images"], paths["val_ann"],
                        transform=val_transform(config.image_size, config.resize))
-    model = SSD300(num_classes=ds.num_classes, width=config.model_width)
-    model.load_state_dict(ckpt["model"])
+    model, _, dboxes = model_from_checkpoint(ckpt, args.checkpoint, ds.num_classes)
     model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = build_loader(ds, args.batch_size, train=False, num_workers=args.workers,
                           device=device)
-    stats, _ = evaluate(model, loader, BoxCoder(dboxes300_coco()), ds, device, amp=amp,
+    stats, _ = evaluate(model, loader, BoxCoder(dboxes), ds, device, amp=amp,
                         channels_last=config.channels_last, backend=args.backend, progress=True)
     print(json.dumps(stats, indent=1))
     return 0
@@ -137,6 +135,37 @@ def _demo(args) -> int:
           f"{summary['reason']})")
     print(f"[ssdwb] report: {report}")
     return 0 if summary["status"] == "success" else 1
+
+
+def _anchors(args) -> int:
+    """``ssdwb anchors fit``: default boxes fitted to a dataset's GT boxes, as a design file."""
+    from pathlib import Path
+
+    from ssdwb.anchor_fit import fit_design
+    from ssdwb.anchors import save_design
+    from ssdwb.data import CocoDetection, resolve_data
+    from ssdwb.runs import resolve_path
+
+    paths = resolve_data(resolve_path(args.data))
+    ds = CocoDetection(paths[f"{args.split}_images"], paths[f"{args.split}_ann"])
+    gt = ds.all_boxes()
+    design, report = fit_design(gt["boxes"], gt["areas"], budget=args.budget,
+                                max_types=args.max_types, sample=args.sample, seed=args.seed)
+    out = resolve_path(args.out or f"anchors/{Path(args.data).resolve().name}.json")
+    save_design(design, out, fit={**report, "data": str(args.data), "split": args.split,
+                                  "annotations": str(paths[f"{args.split}_ann"])})
+    cov = report["coverage"]
+    print(f"{report['gt_boxes']} GT boxes ({args.split}), fitted on {report['fit_sample']} in "
+          f"{report['seconds']:.1f} s; share with best IoU > 0.5:")
+    print(f"  {'':<10}{'all':>7}{'small':>7}{'medium':>7}{'large':>7}{'mean IoU':>10}{'boxes':>7}")
+    for name, boxes in (("reference", 8732), ("fitted", report["boxes"])):
+        c = cov[name]
+        print(f"  {name:<10}" + "".join(f"{c[k]:>7.3f}" for k in ("all", "small", "medium",
+                                                                      "large"))
+              + f"{c['mean_best_iou']:>10.3f}{boxes:>7}")
+    print(f"box types per level {report['types_per_level']}; design: {out}")
+    print(f"train with it: ssdwb train ... --set anchors={out}")
+    return 0
 
 
 def _report(args) -> int:
@@ -337,9 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--train", type=int, default=1000, help="train images")
     synth.add_argument("--val", type=int, default=200, help="val images")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--profile", choices=("full", "demo"), default="full",
+    synth.add_argument("--profile", choices=("full", "demo", "thin"), default="full",
                        help="full: 320-640 px images, 1-12 objects from 12 px; demo: what "
-                            "`make demo` uses (300x300, 1-6 objects from 24 px)")
+                            "`make demo` uses (300x300, 1-6 objects from 24 px); thin: "
+                            "300x300, 1-6 bars 3:1 to 8:1 from 12 px (anchor fitting)")
     dl = dsub.add_parser("download", help="fetch, md5-check and extract COCO 2017")
     dl.add_argument("datadir")
     dl.add_argument("--remove-zips", action="store_true", help="delete each zip once extracted")
@@ -353,13 +383,29 @@ def build_parser() -> argparse.ArgumentParser:
                      help="decoding processes for --decode (default: one per CPU)")
     data.set_defaults(func=_data)
 
+    anc = sub.add_parser("anchors", help="default boxes: fit a design to a dataset")
+    asub = anc.add_subparsers(dest="anchors_cmd", required=True)
+    fit = asub.add_parser("fit", help="search box types per level for a dataset's GT boxes "
+                          "(coverage at IoU > 0.5 per COCO size, worst size weighted up) and "
+                          "write a design JSON for `--set anchors=FILE`")
+    fit.add_argument("--data", required=True, help="dataset folder (COCO 2017 or synthetic)")
+    fit.add_argument("--split", choices=("train", "val"), default="train")
+    fit.add_argument("--budget", type=int, default=8732,
+                     help="most default boxes (default: the reference's 8732)")
+    fit.add_argument("--max-types", type=int, default=8, help="most box types per level")
+    fit.add_argument("--sample", type=int, default=20000,
+                     help="GT boxes the search looks at (coverage is reported on all)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--out", help="the design file (default: anchors/<data folder>.json)")
+    anc.set_defaults(func=_anchors)
+
     _add_run_subcommands(sub)
     _add_use_subcommands(sub)
     return ap
 
 
-SUBCOMMANDS = ("data", "train", "eval", "demo", "report", "notebook", "checkpoint", "predict",
-               "export", "plan")
+SUBCOMMANDS = ("data", "anchors", "train", "eval", "demo", "report", "notebook", "checkpoint",
+               "predict", "export", "plan")
 
 
 def main(argv: list[str] | None = None, default: str | None = None) -> int:

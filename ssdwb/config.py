@@ -38,6 +38,7 @@ class TrainConfig:
     # model
     model_width: float = 1.0  # channel multiplier: 1.0 is the reference model, 0.25 the CPU demo's
     backbone_weights: str | None = "imagenet"  # "imagenet" (TORCH_HOME), a state-dict path, or None
+    anchors: str = "reference"  # default boxes: SPEC.md's 8732, or a design file (`ssdwb anchors fit`)
     amp: str = "off"  # off | fp16 (GradScaler) | bf16 | auto (bf16 on a bf16 CPU, fp16 on CUDA)
     channels_last: bool = False  # NHWC convolutions: faster on tensor cores
     cudnn_benchmark: bool = True  # cuDNN picks the fastest convolution algorithms (CUDA only)

@@ -4,25 +4,27 @@ The graph takes ``images`` (float32 [B, 3, 300, 300], RGB, /255 then normalised 
 ``ssdwb.data.transforms.MEAN``/``STD``, what ``normalize`` gives) with a dynamic batch B and
 returns the network's raw outputs
 
-* ``ploc`` (float32 [B, 4, 8732]): box offsets against the default boxes,
-* ``plabel`` (float32 [B, C, 8732]): class logits, class 0 = background;
+* ``ploc`` (float32 [B, 4, P]): box offsets against the P default boxes (8732 for the
+  reference's design),
+* ``plabel`` (float32 [B, C, P]): class logits, class 0 = background;
 
 and with ``decoded=True`` also what ``postprocess`` computes before its score filter and NMS:
 
-* ``boxes`` (float32 [B, 8732, 4]): ``BoxCoder.decode(ploc)``, (x1, y1, x2, y2) fractions of
+* ``boxes`` (float32 [B, P, 4]): ``BoxCoder.decode(ploc)``, (x1, y1, x2, y2) fractions of
   the image, unclipped,
-* ``scores`` (float32 [B, C, 8732]): ``softmax(plabel, dim=1)`` (background included).
+* ``scores`` (float32 [B, C, P]): ``softmax(plabel, dim=1)`` (background included).
 
 Exporter: torch's ``torch.export``-based one (``torch.onnx.export(dynamo=True)``, the default
 since torch 2.9; it needs ``onnxscript``), opset 18. The legacy TorchScript exporter also works
 with this model in torch 2.14, but is deprecated. The file carries its own description in its
 metadata (``ssdwb`` key, JSON): image size, mean and std, the class names and COCO category ids
-by label, the outputs, the checkpoint it came from.
+by label, the outputs, the checkpoint it came from, and the anchor design (``default_boxes``:
+``DefaultBoxes.to_dict()``, which ``ssdwb.anchors.default_boxes`` rebuilds).
 
 :func:`check_onnx` runs the file with onnxruntime (CPU) next to torch; ``ssdwb export`` calls it
 and prints the largest difference. Running the file elsewhere (README, "Export"): resize to
 300x300 (bilinear), scale to [0, 1], normalise, run, then ``postprocess(ploc, plabel,
-dboxes300_coco())`` (or your own NMS on ``boxes``/``scores``).
+default_boxes(meta["default_boxes"]))`` (or your own NMS on ``boxes``/``scores``).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def onnx_metadata(trained, checkpoint: str | os.PathLike, outputs: list[str]) ->
             "label_names": {str(k): v for k, v in trained.label_names.items()},
             "label_to_cat": {str(k): v for k, v in trained.label_to_cat.items()},
             "classes_from": trained.classes_from, "outputs": outputs,
-            "default_boxes": "ssdwb.anchors.dboxes300_coco"}
+            "default_boxes": trained.coder.dboxes.to_dict()}
 
 
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, decoded: bool = False,

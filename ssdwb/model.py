@@ -8,6 +8,10 @@ head (nd*4 channels) and ``conf`` head (nd*C channels); conv channel ``k*nd + d`
 coordinate/class ``k`` of box type ``d``, so reshaping to [N, 4, -1] / [N, C, -1] lists the
 priors in the default boxes' order (level, type, row, column).
 
+The heads follow the anchor design: ``num_defaults`` box types per cell of each level, the
+reference's [4, 6, 6, 6, 4, 4] by default (``DefaultBoxes.num_defaults_per_cell``;
+:func:`build_model` takes them from a design and checks its grids against the feature maps).
+
 Init: extra blocks and heads get Xavier-uniform weights; biases keep PyTorch's default init.
 """
 
@@ -21,11 +25,12 @@ from torch import nn
 from torchvision.models import ResNet34_Weights, resnet34
 from torchvision.models.resnet import BasicBlock
 
-__all__ = ["SSD300", "resnet34_backbone", "RESNET34_URL"]
+__all__ = ["SSD300", "build_model", "check_design", "resnet34_backbone", "RESNET34_URL", "FEATURE_SIZES"]
 
 RESNET34_URL = ResNet34_Weights.IMAGENET1K_V1.url
 NUM_DEFAULTS = [4, 6, 6, 6, 4, 4]
 OUT_CHANNELS = [256, 512, 512, 256, 256, 256]
+FEATURE_SIZES = [38, 19, 10, 5, 3, 1]  # the feature maps of a 300x300 input
 
 
 def _hub_checkpoint_path() -> Path:
@@ -119,18 +124,24 @@ class SSD300(nn.Module):
         width: channel multiplier. 1.0 is the reference model; smaller values build the same
             layout with ``width`` times the channels everywhere (backbone, extra blocks; the
             heads keep their box/class outputs), e.g. 0.25 for the CPU demo.
+        num_defaults: box types per cell of each of the six levels (the anchor design's).
 
     Forward:
-        images (Tensor[B, 3, 300, 300]) normalised -> ``(ploc (Tensor[B, 4, 8732]),
-        plabel (Tensor[B, num_classes, 8732]))``. Works in channels_last and under autocast
+        images (Tensor[B, 3, 300, 300]) normalised -> ``(ploc (Tensor[B, 4, P]),
+        plabel (Tensor[B, num_classes, P]))``, P the design's default boxes (8732 for the
+        reference's). Works in channels_last and under autocast
         (outputs then come in the autocast dtype).
     """
 
     def __init__(self, num_classes: int = 81, backbone_weights: str | os.PathLike | None = None,
-                 width: float = 1.0):
+                 width: float = 1.0, num_defaults: tuple[int, ...] = tuple(NUM_DEFAULTS)):
         super().__init__()
+        if len(num_defaults) != len(OUT_CHANNELS) or min(num_defaults) < 1:
+            raise ValueError(f"num_defaults: need a positive box-type count for each of the "
+                             f"{len(OUT_CHANNELS)} levels, got {list(num_defaults)}")
         self.num_classes = num_classes
         self.width = width
+        self.num_defaults = [int(n) for n in num_defaults]
         if width == 1.0:
             self.backbone = resnet34_backbone(backbone_weights)
         elif backbone_weights is not None:
@@ -151,10 +162,10 @@ class SSD300(nn.Module):
             _extra_block(c[4], ch(128), c[5], 1, 0),
         ])
         self.loc = nn.ModuleList(
-            nn.Conv2d(ch, nd * 4, kernel_size=3, padding=1) for nd, ch in zip(NUM_DEFAULTS, c))
+            nn.Conv2d(ch, nd * 4, kernel_size=3, padding=1) for nd, ch in zip(self.num_defaults, c))
         self.conf = nn.ModuleList(
             nn.Conv2d(ch, nd * num_classes, kernel_size=3, padding=1)
-            for nd, ch in zip(NUM_DEFAULTS, c))
+            for nd, ch in zip(self.num_defaults, c))
         for layer in [*self.extra, *self.loc, *self.conf]:
             for p in layer.parameters():
                 if p.dim() > 1:
@@ -171,3 +182,23 @@ class SSD300(nn.Module):
         locs = [head(f).reshape(n, 4, -1) for head, f in zip(self.loc, features)]
         confs = [head(f).reshape(n, self.num_classes, -1) for head, f in zip(self.conf, features)]
         return torch.cat(locs, 2).contiguous(), torch.cat(confs, 2).contiguous()
+
+
+def check_design(dboxes, source: str = "") -> None:
+    """Refuses an anchor design whose grids are not SSD300's feature maps."""
+    if dboxes.fig_size != 300 or list(dboxes.feature_sizes) != FEATURE_SIZES:
+        raise ValueError(
+            f"{source or 'anchor design'}: SSD300 makes feature maps {FEATURE_SIZES} from a "
+            f"300x300 input; the design has fig_size {dboxes.fig_size} and feature sizes "
+            f"{list(dboxes.feature_sizes)}")
+
+
+def build_model(num_classes: int, dboxes, width: float = 1.0,
+                backbone_weights: str | os.PathLike | None = None, source: str = "") -> SSD300:
+    """An :class:`SSD300` whose heads fit an anchor design (``anchors.DefaultBoxes``).
+
+    Raises ValueError (naming ``source``, e.g. the design file) when the design's grids are not
+    the six feature maps of a 300x300 input (:func:`check_design`)."""
+    check_design(dboxes, source)
+    return SSD300(num_classes=num_classes, backbone_weights=backbone_weights, width=width,
+                  num_defaults=dboxes.num_defaults_per_cell)

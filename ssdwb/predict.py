@@ -4,12 +4,13 @@
     ssdwb predict --checkpoint C IMG... --score 0.5 --device cuda --batch-size 32
 
 The model is rebuilt from the checkpoint's own config (``model_width``, ``image_size``,
-``resize``) with the number of classes its weights hold, on the default boxes training uses
-(``dboxes300_coco``, the only design ``ssdwb.train`` builds). Images go through the evaluation
-path: ``val_transform`` (PIL bilinear resize to 300x300), ``normalize`` on the model's device,
-the model, then ``postprocess`` with ``--score`` as its score threshold (greedy NMS keeps a box
-because of higher-scoring boxes only, so filtering at 0.3 before NMS keeps exactly the
-detections above 0.3 that filtering at 0.05 and dropping the rest after would keep).
+``resize``) with the number of classes its weights hold, on the default boxes it was trained
+with (the checkpoint's anchor design; ``dboxes300_coco`` for older checkpoints). Images go
+through the evaluation path: ``val_transform`` (PIL bilinear resize to 300x300),
+``normalize`` on the model's device, the model, then ``postprocess`` with ``--score`` as its
+score threshold (greedy NMS keeps a box because of higher-scoring boxes only, so filtering at
+0.3 before NMS keeps exactly the detections above 0.3 that filtering at 0.05 and dropping the
+rest after would keep).
 
 What lands in ``--out``:
 
@@ -73,15 +74,41 @@ class Trained:
         return self.model.num_classes
 
 
-def _num_classes(state: dict, path) -> int:
+def _num_classes(state: dict, path, types_at_level0: int) -> int:
     """Classes (background included) of an ``SSD300`` state dict: the first conf head has
-    ``NUM_DEFAULTS[0] * C`` output channels."""
-    from ssdwb.model import NUM_DEFAULTS
-
+    ``types_at_level0 * C`` output channels (4 * C for the reference's default boxes)."""
     weight = state.get("conf.0.weight")
-    if weight is None or weight.shape[0] % NUM_DEFAULTS[0]:
-        raise ValueError(f"{path}: the model weights hold no SSD300 class head (conf.0.weight)")
-    return weight.shape[0] // NUM_DEFAULTS[0]
+    if weight is None or weight.shape[0] % types_at_level0:
+        raise ValueError(f"{path}: the model weights hold no SSD300 class head (conf.0.weight) "
+                         f"for {types_at_level0} box types")
+    return weight.shape[0] // types_at_level0
+
+
+def model_from_checkpoint(ckpt: dict, path, num_classes: int | None = None):
+    """``(model, config, dboxes)`` of a loaded checkpoint: its anchor design (the reference's
+    for checkpoints written before designs existed), the ``SSD300`` built for it with the
+    weights loaded (on the CPU, train mode) and its ``TrainConfig``.
+
+    Args:
+        ckpt: ``ssdwb.runs.load_checkpoint(path)``.
+        num_classes: default: read from the weights.
+    """
+    from ssdwb.anchors import default_boxes
+    from ssdwb.config import TrainConfig
+    from ssdwb.model import build_model
+
+    config = TrainConfig.from_dict(ckpt["config"], str(path))
+    dboxes = default_boxes(ckpt.get("anchors"), f"{path} (anchors)")
+    if num_classes is None:
+        num_classes = _num_classes(ckpt["model"], path, dboxes.num_defaults_per_cell[0])
+    model = build_model(num_classes, dboxes, config.model_width, source=f"{path} (anchors)")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: the weights do not fit SSD300(width={config.model_width}, "
+                         f"num_classes={num_classes}, box types {dboxes.num_defaults_per_cell}): "
+                         f"{str(e).splitlines()[0]}") from e
+    return model, config, dboxes
 
 
 def _coco2017() -> tuple[dict[int, str], dict[int, int]]:
@@ -126,25 +153,15 @@ def class_info(checkpoint: dict, config, num_classes: int
 
 def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> Trained:
     """A checkpoint (``ssdwb.runs.load_checkpoint``: weights only, safe) -> :class:`Trained`."""
-    from ssdwb.anchors import dboxes300_coco
     from ssdwb.box_coder import BoxCoder
-    from ssdwb.config import TrainConfig
-    from ssdwb.model import SSD300
     from ssdwb.runs import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    config = TrainConfig.from_dict(ckpt["config"], str(path))
-    num_classes = _num_classes(ckpt["model"], path)
-    model = SSD300(num_classes=num_classes, width=config.model_width)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise ValueError(f"{path}: the weights do not fit SSD300(width={config.model_width}, "
-                         f"num_classes={num_classes}): {str(e).splitlines()[0]}") from e
+    model, config, dboxes = model_from_checkpoint(ckpt, path)
     device = torch.device(device)
     model.eval().to(device)
-    names, cats, source = class_info(ckpt, config, num_classes)
-    return Trained(model, config, BoxCoder(dboxes300_coco()), names, cats, source, device)
+    names, cats, source = class_info(ckpt, config, model.num_classes)
+    return Trained(model, config, BoxCoder(dboxes), names, cats, source, device)
 
 
 def find_images(inputs: list[str | os.PathLike]) -> list[Path]:

@@ -20,13 +20,18 @@ from pathlib import Path
 __all__ = ["project_root", "resolve_path", "ensure_shapes", "Run", "load_run", "find_runs",
            "RunFolder", "load_checkpoint", "convert_checkpoint", "CheckpointError",
            "atomic_write", "atomic_json", "rng_state", "set_rng_state",
-           "latest_run", "config_diff", "target_of", "time_to_target", "DEMO_DATA", "DEMO_SHAPES"]
+           "latest_run", "config_diff", "target_of", "time_to_target", "DEMO_DATA", "DEMO_SHAPES",
+           "THIN_SHAPES"]
 
 # The demo's synthetic dataset: `make demo` and the notebooks' defaults share it. Its images are
 # 300x300 (no resize on the way in) with 1 to 6 objects of 24 px to 60 % of the side: easier
 # than the generator's default mix, so a small model learns it in CPU minutes (README, demo).
 DEMO_DATA = {"dir": "data/shapes", "num_train": 960, "num_val": 64, "seed": 0}
 DEMO_SHAPES = {"size": (300, 300), "max_objects": 6, "min_side": 24, "max_side": 0.6}
+# Mostly small or elongated objects: bars 3:1 to 8:1 (sides 12 px to 40 % of the image), where
+# the reference's default boxes (ratios up to 3) cover badly and fitted ones should do better.
+THIN_SHAPES = {"size": (300, 300), "max_objects": 6, "min_side": 12, "max_side": 0.4,
+               "elongation": (3.0, 8.0)}
 
 
 def project_root() -> Path:

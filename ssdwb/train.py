@@ -106,8 +106,9 @@ def train_step(model, criterion, optimizer, scaler, coder, batch: dict, device: 
     """One training step on one batch of ``build_loader``: to the device, normalise, (encode),
     forward under autocast, the float32 loss, backward through the scaler, SGD step.
 
-    ``bench/bench_gpu.py`` times this very function. Nothing in it reads the device back except
-    ``scaler.step`` with fp16 (GradScaler checks its inf flag on the host).
+    ``bench/bench_gpu.py`` times this very function. Nothing in it reads the device back, with
+    fp16 too when ``optimizer`` is ``ssdwb.optim.SGD`` (stock SGD makes ``scaler.step`` read the
+    inf flag on the host).
 
     Returns:
         the loss (scalar Tensor on ``device``, not read).
@@ -165,7 +166,7 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
     """
     from tqdm.auto import tqdm
 
-    from ssdwb.anchors import dboxes300_coco
+    from ssdwb.anchors import default_boxes, save_design
     from ssdwb.box_coder import BoxCoder
     from ssdwb.data import (
         CocoDetection,
@@ -178,7 +179,8 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
     from ssdwb.distributed import init_distributed
     from ssdwb.evaluate import evaluate
     from ssdwb.loss import MultiBoxLoss
-    from ssdwb.model import SSD300
+    from ssdwb.model import build_model, check_design
+    from ssdwb.optim import SGD
     from ssdwb.runs import RunFolder, rng_state, set_rng_state
     from ssdwb.runtime import resolve_amp, tune_cpu_allocator
 
@@ -191,6 +193,16 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
     config = config.with_overrides(overrides or [])
     if config.image_size != 300:
         raise ValueError("image_size: only 300 is implemented (SSD300's default boxes and heads)")
+    # The anchor design: a resumed run keeps the one its checkpoint holds (the file may have
+    # changed since); a bad design file fails here, before a run folder is made.
+    if checkpoint is not None and config.anchors != checkpoint["config"].get("anchors",
+                                                                           "reference"):
+        raise ValueError(f"anchors: a run keeps its anchor design; {resume} was trained with "
+                         f"{checkpoint['config'].get('anchors', 'reference')!r}, not "
+                         f"{config.anchors!r} (start a new run for another design)")
+    dboxes = default_boxes(checkpoint["anchors"] if checkpoint is not None
+                           and "anchors" in checkpoint else config.anchors)
+    check_design(dboxes, f"anchors={config.anchors}")
 
     dist = init_distributed(config.device)
     device, main = dist.device, dist.is_main
@@ -240,7 +252,8 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
                              skip_bad_images=config.skip_bad_images)
     val_ds = CocoDetection(paths["val_images"], paths["val_ann"],
                            transform=val_transform(config.image_size, config.resize))
-    dboxes = dboxes300_coco()
+    if main and checkpoint is None:
+        save_design(dboxes, run / "anchors.json")  # the design as trained, to look into
     coder = BoxCoder(dboxes)
     # Persistent workers: no restart at every epoch and eval (augmentations are seeded per
     # sample, so that does not change what they draw).
@@ -255,20 +268,19 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
         raise ValueError(f"{paths['train_ann']}: {len(train_ds)} images is less than one global "
                          f"batch of {config.global_batch(dist.world_size)}")
 
-    model = SSD300(num_classes=train_ds.num_classes, backbone_weights=config.backbone_weights,
-                   width=config.model_width).to(device)
+    model = build_model(train_ds.num_classes, dboxes, config.model_width,
+                        config.backbone_weights, source=f"anchors={config.anchors}").to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ddp = (torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
         if dist.distributed else model)
     criterion = MultiBoxLoss(dboxes).to(device)
-    # Not the fused SGD, though with fp16 it would spare GradScaler.step()'s one read of the
-    # inf flag per step (the only host sync per step left, fp16 only): in torch 2.14 it leaves
-    # an uninitialised momentum buffer when the first steps are skipped for overflow, which
-    # they are at the initial scale (seen here: a non-finite loss 6 steps later on the CPU).
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    # ssdwb.optim.SGD: stock SGD (the same numbers, tests/test_optim.py), except that under
+    # fp16's GradScaler it skips overflowing steps on the device instead of reading the inf
+    # flag on the host at every step (the fused SGD would too, but corrupts its momentum then).
+    optimizer = SGD(model.parameters(), lr=0.0, momentum=config.momentum,
+                    weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     eval_epochs = [e for e in config.eval_epochs(len(train_ds)) if e <= config.epochs]
@@ -294,7 +306,8 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
     bars = main and os.environ.get(PROGRESS_BARS_ENV, "1") != "0"
     if main:
         print(f"[ssdwb] run {run_id}: {dist.world_size} rank(s) on {device.type}, amp {amp}, "
-              f"channels_last {config.channels_last}, {iters_per_epoch} iterations/epoch, "
+              f"channels_last {config.channels_last}, anchors {config.anchors} "
+              f"({dboxes.num_priors} boxes), {iters_per_epoch} iterations/epoch, "
               f"global batch {config.global_batch(dist.world_size)}", flush=True)
 
     t0 = time.time()
@@ -310,6 +323,7 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
             "position": position, "rng": rng, "config": config.to_dict(), "history": history,
             "train_time": train_time + time.time() - t0, "bad_images": bad_total,
             "world_size": dist.world_size, "global_batch": config.global_batch(dist.world_size),
+            "anchors": dboxes.to_dict(),  # `ssdwb eval` / predict rebuild the same heads and boxes
             # plain data, so weights_only loading keeps working; `ssdwb predict` names classes
             "classes": [{"id": int(c), "name": train_ds.label_names[lab]}
                         for lab, c in sorted(train_ds.label_to_cat.items())]})

@@ -255,14 +255,16 @@ def test_gpu_code_paths_train_on_the_cpu(tiny, changes):
 
 
 @pytest.mark.parametrize("changes", [{}, {"encode_on": "device", "amp": "bf16",
-                                          "channels_last": True}],
-                         ids=["cpu-path", "cuda-path"])
+                                          "channels_last": True},
+                                     {"encode_on": "device", "amp": "fp16", "channels_last": True}],
+                         ids=["cpu-path", "cuda-path", "cuda-fp16-path"])
 def test_host_syncs_at_most_one_per_log_interval(tiny, changes):
     """The steady path reads the device once per log interval: 4 more iterations at
     log_interval=2 add at most 2 reads (``.item()``/``bool(tensor)``/``nonzero`` would add one
     per iteration). The loader works in a worker process, outside the counting. The CUDA path
-    (encoding in the loop, autocast, NHWC) is counted the same way on the CPU. Not fp16:
-    GradScaler.step() reads its inf flag at every step (see train.py, optimizer)."""
+    (encoding in the loop, autocast, NHWC) is counted the same way on the CPU, with bf16 and with
+    fp16's GradScaler (ssdwb.optim.SGD skips overflow on the device; stock SGD would make
+    GradScaler.step() read its inf flag at every step)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -282,7 +284,8 @@ def test_host_syncs_at_most_one_per_log_interval(tiny, changes):
 
     def syncs(iterations):
         with CountSyncs() as c:
-            s = train(tiny_config(tiny, f"syncs{iterations}-{len(changes)}", batch_size=1,
+            s = train(tiny_config(tiny, f"syncs{iterations}-{'-'.join(map(str, changes.values()))}",
+                                  batch_size=1,
                                   epochs=1, eval_at=[1], max_iters=iterations, log_interval=2,
                                   num_workers=1, **changes))
         assert s["iterations"] == iterations

@@ -11,6 +11,11 @@ family: "red square", "green square" and "blue square" are "square"s), so in COC
 analysis (``ssdwb.error_analysis``) a shape in the wrong colour is a ``Sim`` error and a wrong
 shape an ``Oth`` error. Images are 320 to 640 px a side with 1 to 12 objects
 from ~12 px to ~60 % of the image, overlapping now and then. Same arguments, same bytes.
+
+``elongation=(lo, hi)`` makes objects bars instead: each box's long side over its short side
+is log-uniform in [lo, hi], lying or standing at random, its area that of a square of the drawn
+side (``ssdwb data synth --profile thin``, ``runs.THIN_SHAPES``: where default boxes fitted to
+the data should beat the reference's ratios of at most 3).
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ def _overlap(a, b) -> float:
 
 
 def _image(rng: np.random.Generator, categories: list[dict], size=None, max_objects: int = 12,
-           min_side: float = 12, max_side: float = 0.5):
+           min_side: float = 12, max_side: float = 0.5, elongation=None):
     w, h = (int(v) for v in rng.integers(320, 641, size=2)) if size is None else size
     img = _background(rng, w, h)
     draw = ImageDraw.Draw(img)
@@ -73,8 +78,14 @@ def _image(rng: np.random.Generator, categories: list[dict], size=None, max_obje
         cat = categories[int(rng.integers(len(categories)))]
         for _attempt in range(10):  # some overlap, but no object buried under another
             side = float(np.exp(rng.uniform(np.log(min_side), np.log(max_side * min(w, h)))))
-            bw = max(8.0, side * rng.uniform(0.7, 1.3))
-            bh = max(8.0, side * rng.uniform(0.7, 1.3))
+            if elongation is None:
+                bw = max(8.0, side * rng.uniform(0.7, 1.3))
+                bh = max(8.0, side * rng.uniform(0.7, 1.3))
+            else:  # a bar: long/short log-uniform in `elongation`, lying or standing
+                r = float(np.exp(rng.uniform(np.log(elongation[0]), np.log(elongation[1]))))
+                long, short = side * np.sqrt(r), max(4.0, side / np.sqrt(r))
+                bw, bh = (long, short) if rng.random() < 0.5 else (short, long)
+                bw, bh = min(bw, w - 2.0), min(bh, h - 2.0)
             x1, y1 = round(rng.uniform(0, w - bw)), round(rng.uniform(0, h - bh))
             box = (x1, y1, round(x1 + bw), round(y1 + bh))
             if all(_overlap(box, o[1]) < 0.25 for o in objects):
@@ -97,7 +108,8 @@ def _image(rng: np.random.Generator, categories: list[dict], size=None, max_obje
 def make_shapes_coco(out_dir: str | os.PathLike, num_train: int = 1000, num_val: int = 200,
                      seed: int = 0, shapes=SHAPES, colours=None, quality: int = 90,
                      size: tuple[int, int] | None = None, max_objects: int = 12,
-                     min_side: float = 12, max_side: float = 0.5) -> Path:
+                     min_side: float = 12, max_side: float = 0.5,
+                     elongation: tuple[float, float] | None = None) -> Path:
     """Writes the synthetic dataset under ``out_dir`` and returns that path.
 
     Args:
@@ -109,6 +121,8 @@ def make_shapes_coco(out_dir: str | os.PathLike, num_train: int = 1000, num_val:
         max_objects: 1 to this many objects per image.
         min_side, max_side: object sides are log-uniform from ``min_side`` pixels to
             ``max_side`` x the image's shorter side.
+        elongation: ``(lo, hi)``: bars whose long/short side ratio is log-uniform in it (module
+            docstring); None: near-square objects.
     """
     out = Path(out_dir)
     colours = COLOURS if colours is None else colours
@@ -125,7 +139,8 @@ def make_shapes_coco(out_dir: str | os.PathLike, num_train: int = 1000, num_val:
         (out / split).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for i in range(1, count + 1):
-            img, anns = _image(rng, categories, size, max_objects, min_side, max_side)
+            img, anns = _image(rng, categories, size, max_objects, min_side, max_side,
+                               elongation)
             name = f"{i:012d}.jpg"
             img.save(out / split / name, quality=quality)
             images.append({"id": i, "file_name": name, "width": img.width, "height": img.height})
