@@ -144,3 +144,20 @@ def test_bench_demo_matrix_at_reduced_epochs_and_carried_on(tmp_path):
     table = [x for x in out.splitlines() if x.startswith("s1-")]
     assert [x.split()[:7] for x in again.splitlines() if x.startswith("s1-")] == \
         [x.split()[:7] for x in table]
+
+
+def test_bench_anchor_fit_prints_each_mix_and_the_iou_comparison():
+    out = run("bench_anchor_fit.py", "--boxes", "1500", "--mixes", "square", "thin")
+    lines = out.splitlines()
+    assert lines[0].startswith("1500 GT boxes per mix")
+    rows = {}
+    for line in lines[2:4]:
+        m = re.fullmatch(r"(\w+)\s+(\d+\.\d)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
+                         r"\s+(\d+)\s+\[[\d, ]+\]", line.strip())
+        assert m, line
+        rows[m.group(1)] = [float(x) for x in m.groups()[1:]]
+    assert set(rows) == {"square", "thin"}
+    assert rows["thin"][3] > rows["thin"][1] + 0.2  # fitted covers more of the bars
+    assert all(r[5] <= 8732 for r in rows.values())
+    m = re.search(r"largest difference (\S+)$", lines[4])
+    assert m and float(m.group(1)) < 1e-5, lines[4]
