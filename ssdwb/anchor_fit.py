@@ -8,7 +8,8 @@ the reference's 8732.
 What is maximised: the share of GT boxes that some default box covers with IoU > 0.5 (the
 positives-before-forced-match criterion of the encoder), per COCO size bin (small, medium,
 large, on the original image's pixel area; empty bins left out), as
-``0.5 * worst bin + 0.5 * mean of the bins``: the worst-served bin counts double. A small term,
+``0.5 * worst bin + 0.5 * mean of the bins``: half the score is the worst-served bin's (with
+three bins it weighs 4x each other bin). A small term,
 ``1e-3 * mean best IoU``, breaks ties once coverage saturates, so left-over budget still goes
 where boxes fit better.
 
@@ -26,7 +27,9 @@ How (vectorised; seconds on 100k GT boxes):
    gain per box cost, while the budget allows (at most ``max_types`` per level).
 4. Local search: swap each chosen type for a better one of the same level (same cost), twice.
    The same swaps are tried from the reference design, and the better of the two results is
-   kept, so the fit never scores below the reference on the fit sample when the budget holds it.
+   kept, so the fit does not score below the reference on the fit sample when the budget and
+   ``max_types`` hold it (up to the 0.01 px rounding of the candidates and the tie-break
+   term's subset of rows).
 
 The search runs on a random sample of ``sample`` GT boxes (seeded); the report's coverage is
 computed on all of them.
@@ -156,7 +159,9 @@ def _candidates(reference: DefaultBoxes) -> tuple[torch.Tensor, torch.Tensor]:
         own = {(round(w * reference.fig_size, 2), round(h * reference.fig_size, 2))
                for w, h in lv.sizes}
         lo, hi = (m * lv.step for m in STEP_WINDOW)
-        here = {(w, h) for w, h in wh if lo <= math.sqrt(w * h) <= hi}
+        # wider or taller than the image: the same prior as the clamped size, so left out
+        here = {(w, h) for w, h in wh if lo <= math.sqrt(w * h) <= hi
+                and max(w, h) <= reference.fig_size}
         for w, h in sorted(here | own):
             sizes.append((w, h))
             levels.append(lv.index)
@@ -189,6 +194,8 @@ def fit_design(gt_boxes: torch.Tensor, areas: torch.Tensor, budget: int = 8732,
     if gt.shape[0] != areas.shape[0]:
         raise ValueError(f"{gt.shape[0]} boxes but {areas.shape[0]} areas")
     fs = [lv.feature_size for lv in reference.levels]
+    if max_types < 1:
+        raise ValueError(f"max_types must be at least 1, not {max_types}")
     if budget < sum(f * f for f in fs):
         raise ValueError(f"budget {budget}: one box type per level already needs "
                          f"{sum(f * f for f in fs)} boxes")
@@ -274,8 +281,8 @@ def fit_design(gt_boxes: torch.Tensor, areas: torch.Tensor, budget: int = 8732,
         cols = (level_of == k).nonzero().flatten()
         seed_types.append(int(cols[int(score_with(best_of(seed_types), cols).argmax())]))
     starts = [seed_types]
-    # 4: ... and the reference's own types, when the budget holds them
-    if reference.num_priors <= budget:
+    # 4: ... and the reference's own types, when the budget and max_types hold them
+    if reference.num_priors <= budget and max(reference.num_defaults_per_cell) <= max_types:
         own = []
         for lv in reference.levels:
             for w, h in lv.sizes:

@@ -60,7 +60,8 @@ def box_type_names(dboxes: DefaultBoxes) -> list[list[str]]:
     names = []
     for lv in dboxes.levels:
         if dboxes.box_types is not None:  # a fitted design: each type by its size in pixels
-            names.append([f"{w:.0f}x{h:.0f}" for w, h in dboxes.box_types[lv.index]])
+            row = [f"{w:.3g}x{h:.3g}" for w, h in dboxes.box_types[lv.index]]
+            names.append([n if row.count(n) == 1 else f"{n} #{t}" for t, n in enumerate(row)])
             continue
         row = []
         for t, (w, h) in enumerate(lv.sizes):

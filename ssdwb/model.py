@@ -31,6 +31,7 @@ RESNET34_URL = ResNet34_Weights.IMAGENET1K_V1.url
 NUM_DEFAULTS = [4, 6, 6, 6, 4, 4]
 OUT_CHANNELS = [256, 512, 512, 256, 256, 256]
 FEATURE_SIZES = [38, 19, 10, 5, 3, 1]  # the feature maps of a 300x300 input
+STEPS = [8, 16, 32, 64, 100, 300]  # their default boxes' centre spacing in pixels (SPEC.md)
 
 
 def _hub_checkpoint_path() -> Path:
@@ -186,11 +187,12 @@ class SSD300(nn.Module):
 
 def check_design(dboxes, source: str = "") -> None:
     """Refuses an anchor design whose grids are not SSD300's feature maps."""
-    if dboxes.fig_size != 300 or list(dboxes.feature_sizes) != FEATURE_SIZES:
+    if (dboxes.fig_size != 300 or list(dboxes.feature_sizes) != FEATURE_SIZES
+            or [float(s) for s in dboxes.steps] != [float(s) for s in STEPS]):
         raise ValueError(
-            f"{source or 'anchor design'}: SSD300 makes feature maps {FEATURE_SIZES} from a "
-            f"300x300 input; the design has fig_size {dboxes.fig_size} and feature sizes "
-            f"{list(dboxes.feature_sizes)}")
+            f"{source or 'anchor design'}: SSD300 makes feature maps {FEATURE_SIZES} (steps "
+            f"{STEPS}) from a 300x300 input; the design has fig_size {dboxes.fig_size}, feature "
+            f"sizes {list(dboxes.feature_sizes)} and steps {list(dboxes.steps)}")
 
 
 def build_model(num_classes: int, dboxes, width: float = 1.0,

@@ -110,6 +110,10 @@ def test_model_heads_follow_the_design_and_other_grids_are_refused():
                          [21, 45, 99, 153, 207, 261, 315], [[2]] * 6)
     with pytest.raises(ValueError, match="my.json: SSD300 makes feature maps"):
         build_model(5, other, width=0.125, source="my.json")
+    shifted = DefaultBoxes(300, [38, 19, 10, 5, 3, 1], [8, 16, 30, 60, 100, 300],
+                           [21, 45, 99, 153, 207, 261, 315], [[2]] * 6)
+    with pytest.raises(ValueError, match="steps"):
+        build_model(5, shifted, width=0.125)
 
 
 def test_fit_beats_the_reference_on_elongated_boxes_within_the_budget():
@@ -124,9 +128,11 @@ def test_fit_beats_the_reference_on_elongated_boxes_within_the_budget():
     # the report's coverage is the IoU > 0.5 share computed with box_iou over all priors
     exact = coverage(design, gt)["covered"].float().mean()
     assert fit["all"] == pytest.approx(float(exact), abs=2e-3)
-    # a smaller budget is kept; one below one type per level is refused
-    small, rep = fit_design(gt, areas, budget=3000)
-    assert small.num_priors <= 3000 and rep["coverage"]["fitted"]["all"] <= fit["all"] + 1e-6
+    # a smaller budget and max_types are kept; a budget below one type per level is refused
+    small, _ = fit_design(gt, areas, budget=3000)
+    assert small.num_priors <= 3000
+    few, _ = fit_design(gt, areas, max_types=3)
+    assert max(few.num_defaults_per_cell) <= 3
     with pytest.raises(ValueError, match="one box type per level"):
         fit_design(gt, areas, budget=1000)
 
@@ -150,6 +156,8 @@ def test_thin_profile_makes_bars(tmp_path):
     wh = np.array([a["bbox"][2:] for a in anns], dtype=float)
     ratio = np.maximum(wh[:, 0], wh[:, 1]) / np.minimum(wh[:, 0], wh[:, 1])
     assert len(anns) >= 20 and np.median(ratio) > 2.5 and (ratio > 1.8).mean() > 0.8
+    x = np.array([a["bbox"] for a in anns], dtype=float)
+    assert (x[:, 0] + x[:, 2] <= 300).all() and (x[:, 1] + x[:, 3] <= 300).all()
     again = make_shapes_coco(tmp_path / "again", 20, 4, seed=0, **THIN_SHAPES)
     assert ((again / "annotations" / "instances_train.json").read_bytes()
             == (out / "annotations" / "instances_train.json").read_bytes())

@@ -41,7 +41,8 @@ def run(optimizer_cls, steps, init_scale=2.0**24, enabled=True, state=None):
         scaler.step(opt)
         scaler.update()
         history.append((float(scaler.get_scale()) if enabled else 1.0,
-                        [p.detach().clone() for p in model.parameters()],
+                        [p.detach().clone() for p in model.parameters()]
+                        + [p.grad.clone() for p in model.parameters()],  # unscaled, as stock
                         [None if opt.state[p].get("momentum_buffer") is None
                          else opt.state[p]["momentum_buffer"].clone()
                          for p in model.parameters()]))
@@ -58,7 +59,8 @@ def test_same_numbers_as_stock_sgd_with_skipped_steps(enabled):
         assert skipped >= 2 and len(scales) - skipped >= 8, scales
     for (s1, p1, b1), (s2, p2, b2) in zip(ours, stock):
         assert s1 == s2
-        assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+        for a, b in zip(p1, p2):  # exactly; a skipped step's gradients hold inf / nan
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
         for a, b in zip(b1, b2):
             if b is None:  # stock has no buffer before its first taken step: ours holds zeros
                 assert a is None or not a.any()
@@ -122,13 +124,48 @@ def test_state_dict_resumes_the_same_and_stock_state_loads():
         scaler2.step(opt2)
         scaler2.update()
     assert all(torch.equal(a, b) for a, b in zip(model2.parameters(), full[-1][1]))
-    # a stock SGD's state (a checkpoint from before) is taken as started
-    _, smodel, sopt, _ = run(torch.optim.SGD, 6)
-    ours = SGD(smodel.parameters(), lr=0.01, momentum=0.9)
-    ours.load_state_dict(sopt.state_dict())
-    assert all("started" not in ours.state[p] for p in smodel.parameters())
+    # a stock SGD's state (a checkpoint from before) continues as stock SGD would continue it
+    ends = []
+    for cls in (SGD, torch.optim.SGD):
+        _, smodel, sopt, sscaler = run(torch.optim.SGD, 10)  # steps 7, 9 and 10 were taken
+        assert all(sopt.state[p]["momentum_buffer"].any() for p in smodel.parameters())
+        opt = cls(smodel.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
+        opt.load_state_dict(sopt.state_dict())
+        for x, y in batches(16)[10:]:
+            for group in opt.param_groups:
+                group["lr"] = 0.05
+            with torch.autocast("cpu", dtype=torch.float16):
+                out = smodel(x)
+            loss = nn.functional.cross_entropy(out.float(), y)
+            opt.zero_grad(set_to_none=True)
+            sscaler.scale(loss).backward()
+            sscaler.step(opt)
+            sscaler.update()
+        ends.append([p.detach().clone() for p in smodel.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*ends))
 
 
-def test_nesterov_is_refused():
+def test_hooks_run_once_per_step():
+    torch.optim.SGD(tiny_model().parameters(), lr=0.1)  # a stock SGD wraps its step with hooks
+    calls = []
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(lambda *a: calls.append(1))
+    try:
+        run(SGD, 2, enabled=False)
+    finally:
+        handle.remove()
+    assert len(calls) == 2
+
+
+def test_nesterov_is_refused_also_in_an_added_group():
     with pytest.raises(ValueError, match="nesterov"):
         SGD(tiny_model().parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    _, model, opt, scaler = run(SGD, 1)
+    extra = nn.Parameter(torch.ones(3))
+    opt.add_param_group({"params": [extra], "nesterov": True})
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = model(batches(1)[0][0]).float().sum() + extra.sum()
+    scaler.scale(loss).backward()
+    with pytest.raises(ValueError, match="nesterov"):
+        scaler.step(opt)

@@ -88,6 +88,8 @@ def _image(rng: np.random.Generator, categories: list[dict], size=None, max_obje
                 bw, bh = min(bw, w - 2.0), min(bh, h - 2.0)
             x1, y1 = round(rng.uniform(0, w - bw)), round(rng.uniform(0, h - bh))
             box = (x1, y1, round(x1 + bw), round(y1 + bh))
+            if elongation is not None:  # a bar as long as the image: keep its end pixel inside
+                box = (x1, y1, min(box[2], w - 1), min(box[3], h - 1))
             if all(_overlap(box, o[1]) < 0.25 for o in objects):
                 objects.append((cat, box))
                 break
