@@ -23,7 +23,20 @@ def batches(n):
             for _ in range(n)]
 
 
-def run(optimizer_cls, steps, init_scale=2.0**24, enabled=True, state=None):
+def train_step(model, opt, scaler, x, y, lr, enabled=True):
+    """One fp16 (or, ``enabled=False``, fp32) step through the scaler."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with torch.autocast("cpu", dtype=torch.float16, enabled=enabled):
+        out = model(x)
+    loss = nn.functional.cross_entropy(out.float(), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
+def run(optimizer_cls, steps, init_scale=2.0**24, enabled=True):
     model = tiny_model()
     model(torch.zeros(1, 3, 12, 12))  # materialise the lazy layer
     opt = optimizer_cls(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
@@ -31,15 +44,7 @@ def run(optimizer_cls, steps, init_scale=2.0**24, enabled=True, state=None):
                                   enabled=enabled)
     history = []
     for i, (x, y) in enumerate(batches(steps)):
-        for group in opt.param_groups:
-            group["lr"] = 0.05 * min(1.0, (i + 1) / 4)
-        with torch.autocast("cpu", dtype=torch.float16, enabled=enabled):
-            out = model(x)
-        loss = nn.functional.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        train_step(model, opt, scaler, x, y, 0.05 * min(1.0, (i + 1) / 4), enabled)
         history.append((float(scaler.get_scale()) if enabled else 1.0,
                         [p.detach().clone() for p in model.parameters()]
                         + [p.grad.clone() for p in model.parameters()],  # unscaled, as stock
@@ -114,15 +119,7 @@ def test_state_dict_resumes_the_same_and_stock_state_loads():
     scaler2 = torch.amp.GradScaler("cpu", growth_interval=3)
     scaler2.load_state_dict(saved[2])
     for i, (x, y) in enumerate(batches(10)[5:], start=5):
-        for group in opt2.param_groups:
-            group["lr"] = 0.05 * min(1.0, (i + 1) / 4)
-        with torch.autocast("cpu", dtype=torch.float16):
-            out = model2(x)
-        loss = nn.functional.cross_entropy(out.float(), y)
-        opt2.zero_grad(set_to_none=True)
-        scaler2.scale(loss).backward()
-        scaler2.step(opt2)
-        scaler2.update()
+        train_step(model2, opt2, scaler2, x, y, 0.05 * min(1.0, (i + 1) / 4))
     assert all(torch.equal(a, b) for a, b in zip(model2.parameters(), full[-1][1]))
     # a stock SGD's state (a checkpoint from before) continues as stock SGD would continue it
     ends = []
@@ -132,15 +129,7 @@ def test_state_dict_resumes_the_same_and_stock_state_loads():
         opt = cls(smodel.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
         opt.load_state_dict(sopt.state_dict())
         for x, y in batches(16)[10:]:
-            for group in opt.param_groups:
-                group["lr"] = 0.05
-            with torch.autocast("cpu", dtype=torch.float16):
-                out = smodel(x)
-            loss = nn.functional.cross_entropy(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            sscaler.scale(loss).backward()
-            sscaler.step(opt)
-            sscaler.update()
+            train_step(smodel, opt, sscaler, x, y, 0.05)
         ends.append([p.detach().clone() for p in smodel.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*ends))
 
