@@ -118,9 +118,9 @@ def _demo(args) -> int:
     from ssdwb.config import demo_preset
 
     name = demo_preset()
-    print(f"[ssdwb] preset {name}" + ("" if name == "demo" else
-                                      ": this CPU has no native bf16, so fp32 and fewer epochs"),
-          flush=True)
+    why = {"demo": "", "demo-bf16": ": this CPU computes bf16 without AMX, so fewer epochs",
+           "demo-fp32": ": this CPU has no native bf16, so fp32 and fewer epochs"}
+    print(f"[ssdwb] preset {name}{why[name]}", flush=True)
     params = {"preset": name, "data_dir": str(data), "run_dir": str(run.parent),
               "run_id": run_id, "extra": list(args.set or [])}
     print(f"[ssdwb] training notebook -> {run / 'train.ipynb'}", flush=True)

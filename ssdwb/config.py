@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TrainConfig", "PRESETS", "preset", "demo_preset"]
+__all__ = ["TrainConfig", "PRESETS", "DEMO_PRESETS", "preset", "demo_preset"]
 
 REF_BATCH = 32
 
@@ -273,13 +273,20 @@ if _untyped:  # a new field with a type this module cannot convert yet
 # Named presets. "demo": the synthetic shapes set (ssdwb.runs.DEMO_DATA, 960 images of 300x300)
 # on this project's 2-core CPU machine. The full SSD300 trains at ~2.2 images/s there, so the demo
 # trains the same design at a quarter of the channels (model_width 0.25) from random init, on the
-# production code path: amp "auto" (bf16 on a CPU with native bf16) and channels_last, 2.5x the
-# fp32 step speed on the host of 2026-12-02 (avx512_bf16, no AMX). Recipe chosen on a held-out
-# set made with another seed (ensure_shapes(seed=1), 256 val images), never on the val split:
-# 32 epochs reached 0.72 there (README, The demo). An LR flag of 0.2 diverged in a trial of the
-# old fp32 recipe; 0.05 did not.
-# "demo-fp32": what `ssdwb demo` runs on a CPU without native bf16, the same wall time at the fp32
-# speed: 13 epochs instead of 32.
+# production code path: amp "auto" (bf16 on a CPU with native bf16) and channels_last. Recipe
+# chosen on a held-out set made with another seed (ensure_shapes(seed=1), 256 val images), never
+# on the val split: 32 epochs reached 0.72 there (README, The demo). An LR flag of 0.2 diverged in
+# a trial of the old fp32 recipe; 0.05 did not.
+# The demo is sized to fit 15 minutes of `make demo` on 2 cores, and hosts differ in how fast
+# they train it, so `ssdwb demo` picks one preset per CPU class (demo_preset, runtime.cpu_class),
+# each the same recipe at the epochs that CPU trains in that time, decays and evaluations at the
+# same fractions of the run:
+#   "demo"       AMX-BF16 (issue 17's host): ~70 images/s, 32 epochs.
+#   "demo-bf16"  bf16 in the vector units (AVX512-BF16, no AMX; host of 2026-12-03): ~31
+#                images/s, where 32 epochs took 16 min of training alone; 24 epochs.
+#   "demo-fp32"  no native bf16 (AVX2 only; host of 2026-12-03 afternoon): fp32 NCHW at 11-16
+#                images/s, 13 epochs: `make demo` 15 min 13 s at ~15 images/s. 12 epochs
+#                were tried for time and fell short (README, The demo).
 _DEMO = {
     "data_dir": "data/shapes", "backbone_weights": None, "model_width": 0.25, "image_size": 300,
     "batch_size": 16, "lr": 0.05, "warmup": 120, "weight_decay": 5e-4, "schedule_unit": "epochs",
@@ -289,16 +296,20 @@ _DEMO = {
 PRESETS: dict[str, dict] = {
     "reference": {},
     "demo": {**_DEMO, "epochs": 32, "lr_decay_at": [24, 29], "eval_at": [8, 16, 24, 28, 32]},
+    "demo-bf16": {**_DEMO, "amp": "bf16", "epochs": 24, "lr_decay_at": [18, 22],
+                  "eval_at": [6, 12, 18, 21, 24]},
     "demo-fp32": {**_DEMO, "amp": "off", "channels_last": False, "epochs": 13,
                   "lr_decay_at": [10, 12], "eval_at": [4, 8, 10, 12, 13]},
 }
+DEMO_PRESETS = {"amx": "demo", "bf16": "demo-bf16", "fp32": "demo-fp32"}
 
 
 def demo_preset() -> str:
-    """"demo" where the CPU computes bf16 natively, else "demo-fp32" (same wall time)."""
-    from ssdwb.runtime import cpu_has_native_bf16
+    """The demo preset for this CPU's class (see PRESETS): "demo" with AMX-BF16, "demo-bf16" with
+    bf16 in the vector units only, "demo-fp32" without native bf16."""
+    from ssdwb.runtime import cpu_class
 
-    return "demo" if cpu_has_native_bf16() else "demo-fp32"
+    return DEMO_PRESETS[cpu_class()]
 
 
 def preset(name: str, **changes) -> TrainConfig:

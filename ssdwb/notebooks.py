@@ -10,15 +10,19 @@ are passed on to the notebook's kernel, where ``ssdwb.train`` checkpoints and st
 Plain papermill would die of SIGUSR1 and leave the kernel running unwarned.
 
 The kernel is ``python3`` (this interpreter, as ipykernel registers it); JupyterLab users get the
-``ssdwb`` kernel that ``make`` installs.
+``ssdwb`` kernel that ``make`` installs. It talks to papermill over Unix sockets in a private
+(0700) temporary folder, not over TCP ports on localhost: on a shared Slurm node other users
+cannot listen in, and ipykernel has no unencrypted-TCP warning to print into the job's log.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from ssdwb.runs import project_root
@@ -59,6 +63,21 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _private_kernel_manager(socket_dir: str):
+    """A jupyter_client kernel manager whose sockets are files under ``socket_dir`` (IPC)."""
+    from jupyter_client import AsyncKernelManager
+
+    class PrivateKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            # Absolute: a relative ip would be resolved against the kernel's cwd by one side
+            # and papermill's by the other.
+            self.ip = os.path.join(socket_dir, "kernel")
+
+    return PrivateKernelManager
+
+
 def execute(notebook: str | os.PathLike, output: str | os.PathLike, parameters: dict | None = None,
             kernel_name: str = "python3", forward_signals: bool = True, progress: bool = True,
             cwd: str | os.PathLike | None = None, log_output: bool = False):
@@ -92,12 +111,17 @@ def execute(notebook: str | os.PathLike, output: str | os.PathLike, parameters: 
 
     bars_before = os.environ.get(PROGRESS_BARS_ENV)
     os.environ[PROGRESS_BARS_ENV] = "0"
+    # Short: a Unix socket's path is limited to ~107 bytes, so not under a deep TMPDIR.
+    socket_dir = tempfile.mkdtemp(prefix="ssdwb-kernel-",
+                                  dir="/tmp" if os.path.isdir("/tmp") else None)
     try:
         return pm.execute_notebook(str(notebook_path(notebook)), str(output),
                                    parameters=parameters or {}, kernel_name=kernel_name,
                                    progress_bar=progress, log_output=log_output,
-                                   cwd=str(cwd) if cwd else None)
+                                   cwd=str(cwd) if cwd else None,
+                                   kernel_manager_class=_private_kernel_manager(socket_dir))
     finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
         for s, h in previous.items():
             signal.signal(s, h)
         if bars_before is None:

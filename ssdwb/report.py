@@ -8,11 +8,14 @@ writes them there) are merged into one and exported with nbconvert's ``lab`` tem
 already base64 PNGs in the outputs, so the page needs no other file; script tags that would load
 require.js / MathJax from a CDN are dropped (widgets cannot run in a static report anyway).
 Cells tagged ``hide-input`` show only their output, cells tagged ``remove-cell`` vanish,
-the papermill parameter cells stay (they say how the run was made).
+the papermill parameter cells stay (they say how the run was made). Every figure gets an
+alternative text naming the section it is in ("Curves, figure 1"): nbconvert's lab template
+writes none, and would fill in "No description has been provided" with a warning per report.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -24,6 +27,31 @@ def notebooks_of(run_dir: Path) -> list[Path]:
     """The executed notebooks in a run folder: ``train.ipynb`` first, then the rest by name."""
     found = sorted(p for p in run_dir.glob("*.ipynb") if not p.name.startswith("."))
     return sorted(found, key=lambda p: (p.name != "train.ipynb", p.name))
+
+
+class _NoAltWarning(logging.Filter):
+    """Drops nbconvert's "Alternative text is missing" warning: _figure_alt_texts writes them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Alternative text is missing")
+
+
+def _figure_alt_texts(html: str) -> str:
+    """Gives each image without its own description "<section heading>, figure <k>"."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, features="html.parser")
+    counts: dict[str, int] = {}
+    generic = "No description has been provided for this image"
+    for img in soup.find_all("img"):
+        if img.get("alt") and img["alt"] != generic:
+            continue
+        heading = img.find_previous(["h1", "h2", "h3"])
+        # nbconvert appends a pilcrow anchor link to each heading.
+        section = heading.get_text(" ", strip=True).rstrip("¶").strip() if heading else "Report"
+        counts[section] = counts.get(section, 0) + 1
+        img["alt"] = f"{section}, figure {counts[section]}"
+    return str(soup)
 
 
 def render_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
@@ -64,7 +92,13 @@ def render_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
     c.TagRemovePreprocessor.remove_input_tags = set() if show_code else {"hide-input"}
     exporter = HTMLExporter(config=c, template_name="lab")
     exporter.register_preprocessor(TagRemovePreprocessor(config=c), enabled=True)
-    html, _ = exporter.from_notebook_node(merged)
+    quiet = _NoAltWarning()
+    exporter.log.addFilter(quiet)
+    try:
+        html, _ = exporter.from_notebook_node(merged)
+    finally:
+        exporter.log.removeFilter(quiet)
+    html = _figure_alt_texts(html)
     # Self-contained: no external scripts (require.js, MathJax) that an offline browser waits for.
     html = re.sub(r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>', "", html)
     target = Path(out) if out else run / "report.html"

@@ -134,7 +134,8 @@ def test_bench_demo_matrix_at_reduced_epochs_and_carried_on(tmp_path):
     from ssdwb.runs import ensure_shapes
 
     data = ensure_shapes(tmp_path / "shapes", num_train=16, num_val=4)
-    args = ("--data", str(data), "--epochs", "1", "--seeds", "1", "--dir", str(tmp_path / "m"))
+    args = ("--data", str(data), "--epochs", "1", "--seeds", "1", "--dir", str(tmp_path / "m"),
+            "--preset", "demo")
     out = run("bench_demo.py", *args)
     for label in ("s1-t1", "s1-tall", "s1-fp32", "demo preset: min", "demo-fp32 (amp=off):",
                   "reduced to 1 epochs"):

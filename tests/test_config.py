@@ -220,6 +220,31 @@ def test_cpu_has_native_bf16_reads_the_cpu_flags(monkeypatch):
     assert runtime.cpu_has_native_bf16() is True
 
 
+def test_demo_preset_follows_the_cpu_class(monkeypatch):
+    from ssdwb.config import DEMO_PRESETS, PRESETS, demo_preset
+
+    assert demo_preset() in PRESETS  # this machine, whatever it has
+    for flags, cls, name in (
+            ({"avx2": True}, "fp32", "demo-fp32"),
+            ({"avx512_f": True, "avx512_bf16": False}, "fp32", "demo-fp32"),
+            ({"avx512_bf16": True}, "bf16", "demo-bf16"),
+            ({"bf16": True}, "bf16", "demo-bf16"),  # ARM's BF16 extension
+            ({"avx512_bf16": True, "amx_bf16": True, "amx_tile": True}, "amx", "demo"),
+            ({"amx_bf16": True, "amx_tile": False}, "bf16", "demo-bf16")):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda f=flags: f)
+        assert (runtime.cpu_class(), demo_preset()) == (cls, name), flags
+    assert set(DEMO_PRESETS.values()) == {"demo", "demo-bf16", "demo-fp32"}
+    # One recipe at three lengths: the same settings apart from precision and schedule, and the
+    # decays and evaluations inside each run, the last evaluation at the last epoch.
+    schedule = {"epochs", "lr_decay_at", "eval_at", "amp", "channels_last"}
+    base = {k: v for k, v in PRESETS["demo"].items() if k not in schedule}
+    for name in DEMO_PRESETS.values():
+        p = PRESETS[name]
+        assert {k: v for k, v in p.items() if k not in schedule} == base, name
+        assert p["eval_at"][-1] == p["epochs"] and max(p["lr_decay_at"]) < p["epochs"], name
+        assert p["amp"] == {"demo": "auto", "demo-bf16": "bf16", "demo-fp32": "off"}[name]
+
+
 def test_resolve_amp_bf16_on_a_gpu_without_bf16(monkeypatch):
     asked = []
 

@@ -4,8 +4,10 @@ papermill parameters and signal forwarding. The notebooks themselves run under n
 
 import base64
 import json
+import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -215,7 +217,7 @@ def _png(colour) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def test_render_report(tmp_path):
+def test_render_report(tmp_path, caplog):
     run = tmp_path / "run1"
     run.mkdir()
     nb = new_notebook(cells=[
@@ -225,13 +227,22 @@ def test_render_report(tmp_path):
                                                                 "text/plain": "<Figure>"})]),
         new_code_cell("visible_code = 2"),
         new_code_cell("secret_cell = 3", metadata={"tags": ["remove-cell"]}),
+        new_markdown_cell("## Curves"),
+        new_code_cell("plots = 4", outputs=[
+            new_output("display_data", data={"image/png": _png(c), "text/plain": "<Figure>"})
+            for c in ("blue", "green")]),
     ])
     nbformat.write(nb, run / "train.ipynb")
     nbformat.write(new_notebook(cells=[new_markdown_cell("results part")]),
                    run / "results.ipynb")
+    caplog.set_level(logging.WARNING)
     out = render_report(run)
     assert out == run / "report.html"
     html = out.read_text()
+    # Each figure described by its section; nothing for nbconvert to warn about.
+    assert re.findall(r'alt="([^"]*)"', html) == ["Training run, figure 1", "Curves, figure 1",
+                                                  "Curves, figure 2"]
+    assert not [r for r in caplog.records if "Alternative text" in r.getMessage()]
     assert "data:image/png;base64," + _png("red")[:40] in html
     assert "visible_code" in html and "hidden_plumbing" not in html and "secret_cell" not in html
     assert html.index("Training run") < html.index("results part")  # train.ipynb first
@@ -287,6 +298,9 @@ def test_execute_forwards_sigusr1_to_the_kernel(tmp_path):
             "while not got and time.time() - t0 < timeout:\n"
             "    time.sleep(0.05)\n"
             "print('kernel got', got)"),
+        new_code_cell("from ipykernel.kernelapp import IPKernelApp\n"
+                      "app = IPKernelApp.instance()\n"
+                      "print('transport', app.transport, app.ip)"),
     ])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     src, out, marker = tmp_path / "wait.ipynb", tmp_path / "out.ipynb", tmp_path / "ready"
@@ -301,5 +315,11 @@ def test_execute_forwards_sigusr1_to_the_kernel(tmp_path):
     os.kill(proc.pid, signal.SIGUSR1)  # what Slurm does before a time limit
     log = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 0, log[-2000:]
-    text = "".join(o.get("text", "") for o in nbformat.read(out, 4).cells[-1].outputs)
+    cells = nbformat.read(out, 4).cells
+    text = "".join(o.get("text", "") for o in cells[-2].outputs)
     assert f"kernel got [{int(signal.SIGUSR1)}]" in text
+    # Unix sockets in a private folder, removed afterwards; no TCP, so no warning about it.
+    transport, ip = "".join(o.get("text", "") for o in cells[-1].outputs).split()[1:]
+    assert transport == "ipc" and os.path.isabs(ip), (transport, ip)
+    assert not Path(ip).parent.exists()
+    assert "without encryption" not in log and "TCP" not in log, log[-2000:]
