@@ -3,7 +3,8 @@
     .venv/bin/python scripts/screenshots.py [RUN_DIR] [--out docs]
 
 * ``docs/report.png``: the report of RUN_DIR (default: the newest run under runs/ that has a
-  report.html, e.g. what ``make demo`` wrote), scrolled to its training curves.
+  report.html, e.g. what ``make demo`` wrote), scrolled to its training curves;
+  ``docs/report_detections.png``: the same report at its detections on val images.
 * ``docs/anchors.png``: ``notebooks/anchors.ipynb`` running in JupyterLab on the demo dataset,
   with the interactive explorer switched to level 2.
 """
@@ -20,11 +21,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from lab_server import CHROMIUM, CHROMIUM_ARGS, jupyterlab, run_all, write_notebook  # noqa: E402
 
 
-def report_png(browser, run: Path, out: Path) -> None:
+def report_png(browser, run: Path, out: Path, heading: str = "Curves") -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 1100})
     page.goto((run / "report.html").as_uri())
     page.wait_for_load_state("load")
-    page.locator("h2", has_text="Curves").first.evaluate(
+    page.locator("h2", has_text=heading).first.evaluate(
         "e => window.scrollTo(0, e.getBoundingClientRect().top + window.scrollY - 10)")
     page.screenshot(path=str(out))
     page.close()
@@ -65,9 +66,10 @@ def main() -> None:
     p.add_argument("run_dir", nargs="?", help="a run folder with report.html")
     p.add_argument("--out", default=str(ROOT / "docs"))
     p.add_argument("--data", default="data/shapes", help="dataset of the anchors notebook")
+    p.add_argument("--skip-anchors", action="store_true", help="only the report's pictures")
     args = p.parse_args()
     if args.run_dir:
-        run = Path(args.run_dir)
+        run = Path(args.run_dir).resolve()
     else:
         reports = sorted((ROOT / "runs").glob("*/report.html"), key=lambda f: f.stat().st_mtime)
         if not reports:
@@ -78,9 +80,12 @@ def main() -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         report_png(browser, run, out / "report.png")
-        anchors_png(browser, ensure_shapes(args.data), out / "anchors.png")
+        report_png(browser, run, out / "report_detections.png", heading="detections")
+        if not args.skip_anchors:
+            anchors_png(browser, ensure_shapes(args.data), out / "anchors.png")
         browser.close()
-    print(f"{out / 'report.png'} (from {run})\n{out / 'anchors.png'}")
+    print(f"{out / 'report.png'}, {out / 'report_detections.png'} (from {run})"
+          + ("" if args.skip_anchors else f"\n{out / 'anchors.png'}"))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ def test_demo_terminal_lines_and_a_clean_report(tmp_path):
                  "[ssdwb] epoch 2: mAP", "[ssdwb] report:"):
         assert line in terminal, (line, terminal[-3000:])
     assert "Executing Cell" not in terminal  # papermill's cell log is filtered out
+    # Nothing else: no kernel warning about TCP, no nbconvert warning about alternative texts.
+    others = [x for x in terminal.splitlines()
+              if x.strip() and not x.startswith(("[ssdwb]", "INFO papermill: [ssdwb]"))]
+    assert not others, others
 
     run = tmp_path / "runs" / "short"
     assert json.loads((run / "summary.json").read_text())["status"] == "success"
@@ -39,3 +43,4 @@ def test_demo_terminal_lines_and_a_clean_report(tmp_path):
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html
     assert "Traceback (most recent call last)" not in html and "jp-OutputArea-error" not in html
     assert html.count("<img") >= 3  # curves, per-class AP, detections
+    assert "No description has been provided" not in html
