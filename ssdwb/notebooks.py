@@ -75,6 +75,17 @@ def _private_kernel_manager(socket_dir: str):
             # and papermill's by the other.
             self.ip = os.path.join(socket_dir, "kernel")
 
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client interrupts (SIGINT) the kernel before every shutdown request. After
+            # papermill's last cell that kernel is idle, or still a few instructions from the end
+            # of its execute handler, where ipykernel turns SIGINT into KeyboardInterrupt and logs
+            # "KeyboardInterrupt caught in kernel." into the job's log: a race a loaded node loses
+            # now and then. A shutdown needs no interrupt: a kernel that does not stop on the
+            # request is killed after ``shutdown_wait_time`` all the same.
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
     return PrivateKernelManager
 
 

@@ -285,6 +285,33 @@ def test_train_notebook_parameters_are_config_fields():
         assert key in out.stdout
 
 
+# --- the kernel's shutdown -----------------------------------------------------------------------
+def test_execute_shuts_the_kernel_down_without_an_interrupt(tmp_path):
+    """jupyter_client sends SIGINT before its shutdown request; when it lands before ipykernel has
+    restored SIG_IGN after the last cell, the job's log gets "KeyboardInterrupt caught in
+    kernel." (seen in CI). The last cell here leaves a SIGINT handler in place after it ends, so
+    any interrupt at shutdown leaves a file behind: deterministic, not a race."""
+    from ssdwb.notebooks import execute
+
+    marker = tmp_path / "interrupted"
+    nb = new_notebook(cells=[
+        new_code_cell(f"marker = {str(marker)!r}", metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            "import signal\n"
+            "def note_sigint(signum, frame):\n"
+            "    open(marker, 'w').close()\n"
+            "# ipykernel puts SIG_IGN back after each message; this hook puts the handler there.\n"
+            "get_ipython().kernel.post_handler_hook = lambda: signal.signal(signal.SIGINT, note_sigint)\n"
+            "print('ready')"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src, out = tmp_path / "last.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, src)
+    executed = execute(src, out, progress=False)
+    assert "ready" in "".join(o.get("text", "") for o in executed.cells[-1].outputs)
+    assert not marker.exists(), "the kernel got SIGINT on its way down"
+
+
 # --- signals reach the kernel -------------------------------------------------------------------
 def test_execute_forwards_sigusr1_to_the_kernel(tmp_path):
     nb = new_notebook(cells=[
