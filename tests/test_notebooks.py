@@ -301,7 +301,8 @@ def test_execute_shuts_the_kernel_down_without_an_interrupt(tmp_path):
             "def note_sigint(signum, frame):\n"
             "    open(marker, 'w').close()\n"
             "# ipykernel puts SIG_IGN back after each message; this hook puts the handler there.\n"
-            "get_ipython().kernel.post_handler_hook = lambda: signal.signal(signal.SIGINT, note_sigint)\n"
+            "kernel = get_ipython().kernel\n"
+            "kernel.post_handler_hook = lambda: signal.signal(signal.SIGINT, note_sigint)\n"
             "print('ready')"),
     ])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
