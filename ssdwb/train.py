@@ -365,6 +365,7 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
             if skip:
                 train_loader.sampler.skip_batches(skip, train_loader.batch_size)
             window_loss = torch.zeros((), device=device)
+            epoch_loss = torch.zeros((), device=device)  # the epoch line's mean, on the device
             window_start, window_n, window_t, window_imgs = iteration, 0, time.time(), 0
             epoch_t, epoch_bad, bad_files = time.time(), 0, []
             for i, batch in enumerate(train_loader, start=skip):
@@ -378,6 +379,7 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
                     bad_files += batch["bad_images"]
                 iteration += 1
                 window_loss += loss.detach()
+                epoch_loss += loss.detach()
                 window_n += 1
                 window_imgs += batch["images"].shape[0] * dist.world_size
                 bar.update(1)
@@ -385,14 +387,15 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
                 limit = bool(config.max_iters) and iteration >= config.max_iters
                 if iteration % config.log_interval and i + 1 < iters_per_epoch and not limit:
                     continue
-                flags = torch.stack([window_loss.float(), (~torch.isfinite(window_loss)).float(),
+                flags = torch.stack([window_loss.float(), epoch_loss.float(),
+                                     (~torch.isfinite(window_loss)).float(),
                                      torch.full((), float(stop.received is not None),
                                                 device=device)])  # a fill, not a copy
                 if dist.distributed:
-                    shared = flags[1:].clone()
+                    shared = flags[2:].clone()
                     torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
-                    flags = torch.cat([flags[:1], shared])
-                total, nonfinite, stop_now = flags.tolist()
+                    flags = torch.cat([flags[:2], shared])
+                total, epoch_total, nonfinite, stop_now = flags.tolist()
                 if nonfinite:
                     reason = (f"non-finite loss in iterations {window_start}-{iteration - 1} "
                               f"(epoch {ep}); the last good checkpoint is kept")
@@ -417,8 +420,10 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
                     done = iteration - epoch * iters_per_epoch - skip
                     rate = done * config.global_batch(dist.world_size) / max(now - epoch_t, 1e-9)
                     eta = (config.epochs - ep) * epoch_images / max(rate, 1e-9)
+                    # the epoch's mean loss (rank 0's batches), not the last window's: that
+                    # window has just been reset when the epoch ends on a log interval
                     print(f"[ssdwb] epoch {ep}/{config.epochs}: {rate:.1f} images/s, loss "
-                          f"{total / max(window_n, 1):.3f}, ETA {eta / 60:.1f} min (training "
+                          f"{epoch_total / max(done, 1):.3f}, ETA {eta / 60:.1f} min (training "
                           f"only)", flush=True)
             bar.close()
             skip = 0

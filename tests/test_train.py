@@ -105,6 +105,30 @@ def test_tiny_training_run_folder_and_compliance(tiny):
     assert "SUCCESS" in out.stdout + out.stderr, out.stdout + out.stderr
 
 
+def test_the_epoch_line_shows_the_epoch_mean_loss(tiny, capsys):
+    """4 iterations per epoch. log_interval 1 gives every iteration's loss in metrics.jsonl; the
+    terminal's epoch line must show their mean over the epoch whatever the log interval (2: the
+    epoch ends on a log line, whose window is reset before the epoch line is printed)."""
+    import re
+
+    from ssdwb.train import train
+
+    def epoch_losses():
+        out = capsys.readouterr().out
+        return [float(x) for x in re.findall(r"\[ssdwb\] epoch \d+/2: .* loss ([0-9.]+),", out)]
+
+    capsys.readouterr()
+    train(tiny_config(tiny, "epoch-line-1", log_interval=1))
+    printed_1 = epoch_losses()
+    per_iteration = [x["loss"] for x in lines(tiny / "runs" / "epoch-line-1" / "metrics.jsonl")
+                     if "loss" in x]
+    want = [sum(per_iteration[:4]) / 4, sum(per_iteration[4:]) / 4]
+    train(tiny_config(tiny, "epoch-line-2", log_interval=2))
+    printed_2 = epoch_losses()
+    assert printed_1 == pytest.approx(want, abs=1e-3)
+    assert printed_2 == pytest.approx(want, abs=1e-3)
+
+
 @pytest.mark.parametrize("cut,workers", [(4, 0), (6, 0), (6, 1)],
                          ids=["epoch-end", "mid-epoch", "mid-epoch-worker"])
 def test_resume_gives_the_same_metrics(tiny, cut, workers):
