@@ -234,13 +234,16 @@ def test_demo_preset_follows_the_cpu_class(monkeypatch):
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda f=flags: f)
         assert (runtime.cpu_class(), demo_preset()) == (cls, name), flags
     assert set(DEMO_PRESETS.values()) == {"demo", "demo-bf16", "demo-fp32"}
-    # One recipe at three lengths: the same settings apart from precision and schedule, and the
-    # decays and evaluations inside each run, the last evaluation at the last epoch.
+    # One recipe at three lengths: the same settings (batch, LR, warmup, ...) apart from
+    # precision and schedule, the decays and evaluations inside each run, the last evaluation at
+    # the last epoch.
     schedule = {"epochs", "lr_decay_at", "eval_at", "amp", "channels_last"}
     base = {k: v for k, v in PRESETS["demo"].items() if k not in schedule}
+    assert (base["batch_size"], base["warmup"], base["lr"]) == (8, 240, 0.05)
     for name in DEMO_PRESETS.values():
         p = PRESETS[name]
         assert {k: v for k, v in p.items() if k not in schedule} == base, name
+        assert TrainConfig(**p).base_lr(1) == pytest.approx(0.0125), name  # linear: 0.05 * 8/32
         assert p["eval_at"][-1] == p["epochs"] and max(p["lr_decay_at"]) < p["epochs"], name
         assert p["amp"] == {"demo": "auto", "demo-bf16": "bf16", "demo-fp32": "off"}[name]
 
