@@ -280,7 +280,8 @@ if _untyped:  # a new field with a type this module cannot convert yet
 #   0.025), warmup 240 iterations (1920 images). Batch 16 (warmup 120) left the model
 #   undertrained and seed-dependent: 0.722 on the held-out set, 0.575-0.678 over 4 runs on val.
 #   Batch 8, 32 epochs, seeds 1 and 2 at one thread: 0.752 and 0.760 on the held-out set, at 15 %
-#   fewer images/s (AMX host, 2 threads: 48.5 against 57.2).
+#   fewer images/s (AMX host, 2 threads: 48.5 against 57.2). Not robust yet: on val, 5 of 6 runs
+#   reached 0.69-0.73 and one (seed 3, threads unset) spiked after the warmup and ended at 0.50.
 #   An LR flag of 0.2 diverged in a trial of the old fp32 recipe; 0.05 did not.
 # The demo is sized to fit 15 minutes of `make demo` on 2 cores, and hosts differ in how fast
 # they train it, so `ssdwb demo` picks one preset per CPU class (demo_preset, runtime.cpu_class),
