@@ -152,7 +152,7 @@ def train_ssdwb(ds, args, device, amp: str, channels_last: bool):
     model, opt, scaler, dtype, loader = _training_side(model, ds, args, device, amp,
                                                        channels_last, coder, SGD)
     rate = time_steps(lambda b: train_step(model, criterion, opt, scaler, coder, b, device,
-                                           dtype, channels_last, "device"),
+                                           dtype, channels_last, "device")[0],
                       loader, args, device)
     return rate, model, coder
 

@@ -429,7 +429,9 @@ class RunFolder:
         self.mlperf.event("epoch_start", metadata={"epoch_num": epoch})
 
     def step_window(self, **record) -> None:
-        """One metrics.jsonl line per log interval (iteration, epoch, loss, lr, images_per_s)."""
+        """One metrics.jsonl line per log interval (iteration, epoch, loss, lr, images_per_s;
+        with gradient clipping also grad_norm, the window's mean norm before it, and
+        grad_norm_max)."""
         self._metrics(record)
         self.tensorboard.step_window(record)
 

@@ -83,11 +83,13 @@ class TensorBoardLog:
                 self.writer.add_scalar(f"{prefix}/{name}", float(value), step)
 
     def step_window(self, record: dict) -> None:
-        """A ``metrics.jsonl`` training line: iteration, epoch, loss, lr, images_per_s."""
+        """A ``metrics.jsonl`` training line: iteration, epoch, loss, lr, images_per_s (and,
+        with gradient clipping, grad_norm and grad_norm_max)."""
         if not self.enabled or "iteration" not in record:
             return
         self.scalars(int(record["iteration"]), "train",
-                     {k: record[k] for k in ("loss", "lr", "images_per_s", "epoch")
+                     {k: record[k] for k in ("loss", "lr", "images_per_s", "epoch", "grad_norm",
+                                             "grad_norm_max")
                       if k in record})
 
     def eval_end(self, iteration: int, stats: dict, results=None) -> None:

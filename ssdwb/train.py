@@ -101,17 +101,24 @@ def _rebuild_ddp_buckets(ddp, model, criterion, coder, batch_size: int, image_si
 
 
 def train_step(model, criterion, optimizer, scaler, coder, batch: dict, device: torch.device,
-               amp_dtype: torch.dtype | None, channels_last: bool, encode_on: str
-               ) -> torch.Tensor:
+               amp_dtype: torch.dtype | None, channels_last: bool, encode_on: str,
+               grad_clip_norm: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One training step on one batch of ``build_loader``: to the device, normalise, (encode),
-    forward under autocast, the float32 loss, backward through the scaler, SGD step.
+    forward under autocast, the float32 loss, backward through the scaler, (gradient clipping),
+    SGD step.
+
+    ``grad_clip_norm`` > 0 scales the gradients down to that global L2 norm when it is above it
+    (not in the reference, which does not clip; the CPU demo's guard against loss spikes). Under
+    fp16 the scaler unscales first, so the norm is the true one; a step with an overflow is
+    still skipped. Under DDP the gradients are all-reduced by then: every rank clips alike.
 
     ``bench/bench_gpu.py`` times this very function. Nothing in it reads the device back, with
     fp16 too when ``optimizer`` is ``ssdwb.optim.SGD`` (stock SGD makes ``scaler.step`` read the
-    inf flag on the host).
+    inf flag on the host); the clipping does not either.
 
     Returns:
-        the loss (scalar Tensor on ``device``, not read).
+        (loss, grad_norm): scalar Tensors on ``device``, not read; ``grad_norm`` is the norm
+        before clipping, None without clipping (it is not computed then).
     """
     from ssdwb.data import normalize
 
@@ -131,9 +138,13 @@ def train_step(model, criterion, optimizer, scaler, coder, batch: dict, device: 
     loss = criterion(ploc, plabel, gloc.transpose(1, 2), glabel)  # float32 inside
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    grad_norm = None
+    if grad_clip_norm > 0:
+        scaler.unscale_(optimizer)  # a no-op when the scaler is disabled (fp32, bf16)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
     scaler.step(optimizer)
     scaler.update()
-    return loss
+    return loss, grad_norm
 
 
 def _broadcast_buffers(model, dist) -> None:
@@ -366,20 +377,29 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
                 train_loader.sampler.skip_batches(skip, train_loader.batch_size)
             window_loss = torch.zeros((), device=device)
             epoch_loss = torch.zeros((), device=device)  # the epoch line's mean, on the device
+            # clipping: sum and largest of the gradient norms, and how many steps had one (an
+            # fp16 step skipped for overflow has none: its norm is inf or nan)
+            window_grad = torch.zeros(3, device=device)
             window_start, window_n, window_t, window_imgs = iteration, 0, time.time(), 0
             epoch_t, epoch_bad, bad_files = time.time(), 0, []
             for i, batch in enumerate(train_loader, start=skip):
                 lr = config.lr_at(iteration, dist.world_size, iters_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = train_step(ddp, criterion, optimizer, scaler, coder, batch, device,
-                                  amp_dtype, config.channels_last, encode_on)
+                loss, grad_norm = train_step(ddp, criterion, optimizer, scaler, coder, batch,
+                                             device, amp_dtype, config.channels_last, encode_on,
+                                             config.grad_clip_norm)
                 if batch.get("bad_images"):
                     epoch_bad += len(batch["bad_images"])
                     bad_files += batch["bad_images"]
                 iteration += 1
                 window_loss += loss.detach()
                 epoch_loss += loss.detach()
+                if grad_norm is not None:
+                    finite = torch.isfinite(grad_norm)
+                    norm = torch.where(finite, grad_norm, 0.0)
+                    window_grad += torch.stack([norm, (norm - window_grad[1]).clamp(min=0),
+                                                finite.float()])
                 window_n += 1
                 window_imgs += batch["images"].shape[0] * dist.world_size
                 bar.update(1)
@@ -387,15 +407,16 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
                 limit = bool(config.max_iters) and iteration >= config.max_iters
                 if iteration % config.log_interval and i + 1 < iters_per_epoch and not limit:
                     continue
-                flags = torch.stack([window_loss.float(), epoch_loss.float(),
+                flags = torch.stack([window_loss.float(), epoch_loss.float(), *window_grad,
                                      (~torch.isfinite(window_loss)).float(),
                                      torch.full((), float(stop.received is not None),
                                                 device=device)])  # a fill, not a copy
                 if dist.distributed:
-                    shared = flags[2:].clone()
+                    # the gradient norms are the same on every rank (all-reduced gradients)
+                    shared = flags[5:].clone()
                     torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
-                    flags = torch.cat([flags[:2], shared])
-                total, epoch_total, nonfinite, stop_now = flags.tolist()
+                    flags = torch.cat([flags[:5], shared])
+                total, epoch_total, grad_sum, grad_max, grad_n, nonfinite, stop_now = flags.tolist()
                 if nonfinite:
                     reason = (f"non-finite loss in iterations {window_start}-{iteration - 1} "
                               f"(epoch {ep}); the last good checkpoint is kept")
@@ -404,11 +425,18 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
                     return finish("aborted", reason)
                 now = time.time()
                 if iteration % config.log_interval == 0:
+                    # with clipping, the window's mean and largest gradient norm before it (null
+                    # when every step of the window was skipped for fp16 overflow)
+                    grads = ({"grad_norm": grad_sum / grad_n if grad_n else None,
+                              "grad_norm_max": grad_max if grad_n else None}
+                             if config.grad_clip_norm > 0 else {})
                     folder.step_window(iteration=iteration,
                                        epoch=epoch + (i + 1) / iters_per_epoch,
                                        loss=total / window_n, lr=lr,
-                                       images_per_s=window_imgs / max(now - window_t, 1e-9))
+                                       images_per_s=window_imgs / max(now - window_t, 1e-9),
+                                       **grads)
                     window_loss.zero_()
+                    window_grad.zero_()
                     window_start, window_n, window_t, window_imgs = iteration, 0, now, 0
                 if stop_now or (limit and i + 1 < iters_per_epoch):
                     bar.close()

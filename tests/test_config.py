@@ -239,7 +239,9 @@ def test_demo_preset_follows_the_cpu_class(monkeypatch):
     # the last epoch.
     schedule = {"epochs", "lr_decay_at", "eval_at", "amp", "channels_last"}
     base = {k: v for k, v in PRESETS["demo"].items() if k not in schedule}
-    assert (base["batch_size"], base["warmup"], base["lr"]) == (8, 240, 0.05)
+    assert (base["batch_size"], base["warmup"], base["lr"], base["grad_clip_norm"]) == (
+        8, 240, 0.05, 10.0)
+    assert TrainConfig().grad_clip_norm == 0.0 and "grad_clip_norm" not in PRESETS["reference"]
     for name in DEMO_PRESETS.values():
         p = PRESETS[name]
         assert {k: v for k, v in p.items() if k not in schedule} == base, name

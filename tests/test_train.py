@@ -72,10 +72,12 @@ def tiny(tmp_path_factory):
 
 
 def tiny_config(root, run_id, **kw):
-    # fp32 NCHW unless a test asks: the demo preset's amp="auto" is bf16 on some hosts only
+    # fp32 NCHW unless a test asks: the demo preset's amp="auto" is bf16 on some hosts only;
+    # no gradient clipping unless a test asks (the reference's path; the demo's limit of 10 is
+    # for its model after the first steps, far below the norms of these 8 steps)
     kw = {"batch_size": 2, "epochs": 2, "eval_at": [1, 2], "num_workers": 0, "log_interval": 1,
           "eval_batch_size": 4, "warmup": 2, "lr": 5e-3, "amp": "off", "channels_last": False,
-          "lr_decay_at": [2], **kw}
+          "lr_decay_at": [2], "grad_clip_norm": 0.0, **kw}
     return preset("demo", data_dir=str(root / "data"), run_dir=str(root / "runs"), run_id=run_id,
                   **kw)
 
@@ -127,6 +129,58 @@ def test_the_epoch_line_shows_the_epoch_mean_loss(tiny, capsys):
     printed_2 = epoch_losses()
     assert printed_1 == pytest.approx(want, abs=1e-3)
     assert printed_2 == pytest.approx(want, abs=1e-3)
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["no-scaler", "fp16-scaler"])
+def test_train_step_clips_the_unscaled_gradient_norm(scaled):
+    """grad_clip_norm: train_step returns the global gradient norm before clipping, and SGD
+    steps with the gradients scaled down to the limit (the first momentum step is the gradient
+    itself: p - lr * g * limit / norm). Through fp16's GradScaler (ssdwb.optim.SGD) the norm is
+    the unscaled one and the step the same, not unscaled twice (the scale is a power of 2, so
+    scaling is exact). A limit above the norm changes nothing; 0 computes no norm."""
+    import torch
+    from torch import nn
+
+    from ssdwb.optim import SGD
+    from ssdwb.train import train_step
+
+    class Heads(nn.Module):  # (ploc [B, 4, A], plabel [B, C, A]) as SSD300's
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 7, 3, stride=4)
+
+        def forward(self, x):
+            y = self.conv(x).flatten(2)
+            return y[:, :4], y[:, 4:]
+
+    def criterion(ploc, plabel, gloc, glabel):
+        return ((ploc - gloc) ** 2).sum() + nn.functional.cross_entropy(plabel, glabel)
+
+    g = torch.Generator().manual_seed(0)
+    batch = {"images": torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8, generator=g),
+             "gloc": torch.randn(2, 16, 4, generator=g),  # [B, A, 4]: 4x4 positions
+             "glabel": torch.randint(0, 3, (2, 16), generator=g)}
+
+    def step(limit, scaled):
+        torch.manual_seed(0)
+        model = Heads()
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=scaled)
+        loss, norm = train_step(model, criterion, opt, scaler, None, batch, torch.device("cpu"),
+                                None, False, "worker", limit)
+        return before, [p.detach() for p in model.parameters()], norm
+
+    before, free, none = step(0.0, False)
+    assert none is None
+    grads = [(b - a) / 0.1 for b, a in zip(before, free)]  # the unclipped gradient
+    norm = float(torch.linalg.vector_norm(torch.cat([x.flatten() for x in grads])))
+    for limit in (norm / 4, norm * 2):
+        _, after, got = step(limit, scaled)
+        assert float(got) == pytest.approx(norm, rel=1e-5)
+        factor = min(1.0, limit / norm)
+        for b, a, gr in zip(before, after, grads):
+            torch.testing.assert_close(a, b - 0.1 * factor * gr, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("cut,workers", [(4, 0), (6, 0), (6, 1)],
@@ -245,8 +299,10 @@ def test_sigusr1_checkpoints_and_the_run_resumes(tiny):
 
 @pytest.mark.parametrize("changes", [{"encode_on": "device"}, {"channels_last": True},
                                      {"amp": "bf16"}, {"amp": "fp16"},
-                                     {"amp": "fp16", "channels_last": True, "encode_on": "device"}],
-                         ids=["encode-on-device", "channels-last", "bf16", "fp16", "cuda-like"])
+                                     {"amp": "fp16", "channels_last": True, "encode_on": "device"},
+                                     {"amp": "fp16", "grad_clip_norm": 50.0}],
+                         ids=["encode-on-device", "channels-last", "bf16", "fp16", "cuda-like",
+                              "fp16-clipped"])
 def test_gpu_code_paths_train_on_the_cpu(tiny, changes):
     """What a CUDA run does differently (encode in the loop, NHWC, autocast, fp16's GradScaler)
     runs through train() here. Encoding in the loop is bit-identical to encoding in the loader;
@@ -272,15 +328,23 @@ def test_gpu_code_paths_train_on_the_cpu(tiny, changes):
         # the first step: same weights, same batch; the loss itself is float32 in every mode
         assert got[0] == pytest.approx(want[0], rel=0.02)
         assert all(math.isfinite(x) for x in got) and got[-1] < got[0]
+    if "grad_clip_norm" in changes:
+        # each line: the window's mean and largest norm; null for a step skipped for overflow
+        norms = [(x["grad_norm"], x["grad_norm_max"])
+                 for x in lines(tiny / "runs" / name / "metrics.jsonl") if "loss" in x]
+        taken = [n for n in norms if n != (None, None)]
+        assert len(norms) == 8 and 2 <= len(taken) < 8  # the first steps overflow
+        assert all(0 < a <= b < math.inf for a, b in taken)
     scaler = load_checkpoint(tiny / "runs" / name / "checkpoint.pt")["scaler"]
     assert bool(scaler) == (changes.get("amp") == "fp16")  # GradScaler state only with fp16
     if scaler:
         assert scaler["scale"] < 2.0 ** 16  # steps were skipped for overflow
 
 
-@pytest.mark.parametrize("changes", [{}, {"encode_on": "device", "amp": "bf16",
-                                          "channels_last": True},
-                                     {"encode_on": "device", "amp": "fp16", "channels_last": True}],
+@pytest.mark.parametrize("changes", [{"grad_clip_norm": 10.0},
+                                     {"encode_on": "device", "amp": "bf16", "channels_last": True},
+                                     {"encode_on": "device", "amp": "fp16", "channels_last": True,
+                                      "grad_clip_norm": 10.0}],
                          ids=["cpu-path", "cuda-path", "cuda-fp16-path"])
 def test_host_syncs_at_most_one_per_log_interval(tiny, changes):
     """The steady path reads the device once per log interval: 4 more iterations at
@@ -288,7 +352,8 @@ def test_host_syncs_at_most_one_per_log_interval(tiny, changes):
     per iteration). The loader works in a worker process, outside the counting. The CUDA path
     (encoding in the loop, autocast, NHWC) is counted the same way on the CPU, with bf16 and with
     fp16's GradScaler (ssdwb.optim.SGD skips overflow on the device; stock SGD would make
-    GradScaler.step() read its inf flag at every step)."""
+    GradScaler.step() read its inf flag at every step). Gradient clipping (the demo's) keeps
+    its norm on the device too, with and without the scaler."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
