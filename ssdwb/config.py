@@ -287,8 +287,9 @@ if _untyped:  # a new field with a type this module cannot convert yet
 #   grad_clip_norm 10 (not in the reference): the global gradient norm sits at 4-6 after the
 #   warmup, with single steps at 10-60 where the loss jumps (held-out set, unclipped). Clipped
 #   at 10, the held-out seeds 1 and 3 at one thread reached 0.788 and 0.780 and seed 2 unset
-#   0.775 (0.45-0.47 at epoch 8, against 0.28-0.36 unclipped), at the same images/s. Then on val, once (the matrix,
-#   3 seeds x OMP_NUM_THREADS 1/unset): 0.729-0.750, spread 0.021, no spike after the warmup.
+#   0.775 (0.45-0.47 at epoch 8, against 0.28-0.36 unclipped), at the same images/s. Then on
+#   val, once (the matrix, 3 seeds x OMP_NUM_THREADS 1/unset): 0.729-0.750, spread 0.021, no
+#   spike after the warmup.
 #   An LR flag of 0.2 diverged in a trial of the old fp32 recipe; 0.05 did not.
 # The demo is sized to fit 15 minutes of `make demo` on 2 cores, and hosts differ in how fast
 # they train it, so `ssdwb demo` picks one preset per CPU class (demo_preset, runtime.cpu_class),
