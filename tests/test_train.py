@@ -183,6 +183,27 @@ def test_train_step_clips_the_unscaled_gradient_norm(scaled):
             torch.testing.assert_close(a, b - 0.1 * factor * gr, rtol=1e-5, atol=1e-6)
 
 
+def test_the_gradient_norm_lines_are_each_windows_mean_and_largest(tiny):
+    """With clipping on, a metrics.jsonl line at log_interval 2 holds the mean and the largest of
+    its two steps' norms, which log_interval 1 gives one by one (a limit far above the norms, so
+    both runs take the same steps)."""
+    from ssdwb.train import train
+
+    def norms(interval):
+        run = f"grad-norms-{interval}"
+        train(tiny_config(tiny, run, log_interval=interval, grad_clip_norm=1e9))
+        return [(x["grad_norm"], x["grad_norm_max"])
+                for x in lines(tiny / "runs" / run / "metrics.jsonl") if "loss" in x]
+
+    single, paired = norms(1), norms(2)
+    assert len(single) == 8 and all(mean == top > 0 for mean, top in single)
+    want = [((a + b) / 2, max(a, b)) for (a, _), (b, _) in zip(single[::2], single[1::2])]
+    assert len(paired) == 4 and single[0][0] != single[1][0]
+    for (mean, top), (want_mean, want_top) in zip(paired, want):
+        assert mean == pytest.approx(want_mean, rel=1e-5)
+        assert top == pytest.approx(want_top, rel=1e-5)
+
+
 @pytest.mark.parametrize("cut,workers", [(4, 0), (6, 0), (6, 1)],
                          ids=["epoch-end", "mid-epoch", "mid-epoch-worker"])
 def test_resume_gives_the_same_metrics(tiny, cut, workers):
