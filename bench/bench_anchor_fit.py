@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssdwb.anchor_fit import _type_matrix, fit_design  # noqa: E402
-from ssdwb.anchors import coverage, dboxes300_coco  # noqa: E402
+from ssdwb.lab.anchor_fit import _type_matrix, fit_design
+from ssdwb.ssd.anchors import coverage, dboxes300_coco
 
 
 def boxes(mix: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

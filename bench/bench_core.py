@@ -24,10 +24,10 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection import ssd300_vgg16
 from torchvision.ops import box_iou
 
-from ssdwb.anchors import dboxes300_coco
-from ssdwb.box_coder import BoxCoder
-from ssdwb.detect import postprocess
 from ssdwb.runtime import tune_cpu_allocator
+from ssdwb.ssd.anchors import dboxes300_coco
+from ssdwb.ssd.box_coder import BoxCoder
+from ssdwb.ssd.postprocess import postprocess
 
 
 def best_times(fns, repeats: int) -> list[float]:

@@ -43,12 +43,12 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
-from ssdwb.anchors import dboxes300_coco
-from ssdwb.box_coder import BoxCoder
 from ssdwb.data import CocoDetection, build_loader, set_epoch, train_transform
 from ssdwb.data.synthetic import make_shapes_coco
 from ssdwb.data.transforms import MEAN, STD, normalize
 from ssdwb.runtime import tune_cpu_allocator
+from ssdwb.ssd.anchors import dboxes300_coco
+from ssdwb.ssd.box_coder import BoxCoder
 
 ANCHORS = dboxes300_coco().ltrb
 

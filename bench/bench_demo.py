@@ -56,7 +56,7 @@ def run(name: str, preset: str, seed: int, threads: str | None, args, root: Path
         raise SystemExit(f"{summary_path}: status {s['status']} ({s['reason']}); remove the "
                          f"folder to run it again")
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "ssdwb.train", "--preset", preset, "--set",
+    out = subprocess.run([sys.executable, "-m", "ssdwb", "train", "--preset", preset, "--set",
                           *sets], cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if out.returncode != 0 or not summary_path.exists():
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
 
     sys.path.insert(0, str(ROOT))
     from ssdwb.config import PRESETS, demo_preset
-    from ssdwb.runs import ensure_shapes
+    from ssdwb.data.synthetic import ensure_shapes
 
     name = args.preset or demo_preset()
     if name not in PRESETS:

@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=5000)
     args = ap.parse_args(argv)
 
-    from ssdwb.evaluate import array_to_results, coco_eval, results_json
-    from ssdwb.runs import RunFolder
+    from ssdwb.evaluation.coco_eval import array_to_results, coco_eval, results_json
+    from ssdwb.runs.folder import RunFolder
 
     dataset, arr = synthetic(args.rows, args.images)
     print(f"{args.rows} detections on {args.images} images")

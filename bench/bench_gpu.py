@@ -13,14 +13,14 @@ What it measures:
 * CUDA tests: ``pytest -k cuda`` over the test files that hold the CUDA-only tests.
 * Training: the full SSD300 (width 1, random init) at ``--batch`` 120 per GPU, on synthetic
   640x480 JPEGs through the real loader (``build_loader``, the reference augmentation, worker
-  processes, pinned memory, encoding on the GPU), each step ``ssdwb.train.train_step`` itself.
+  processes, pinned memory, encoding on the GPU), each step ``ssdwb.engine.loop.train_step`` itself.
   Modes: fp32 NCHW (TF32 convolutions, PyTorch's default on Ampere+), fp16 (GradScaler) +
   channels_last, and the peer: torchvision's ``SSD`` training path (its transform, anchors,
   per-image matching and loss) around the same network, same loader, same optimiser, fp16
   autocast + GradScaler + channels_last, fed the loader's raw boxes. Images/s over ``--steps``
   steps after ``--warmup`` (cuDNN benchmark picks algorithms then).
 * Host syncs per step of ``train_step`` under ``torch.cuda.set_sync_debug_mode("warn")``: 0 is
-  the target, fp16 included (``ssdwb.optim.SGD`` takes GradScaler's inf flag on the device; the
+  the target, fp16 included (``ssdwb.engine.optim.SGD`` takes GradScaler's inf flag on the device; the
   peer's stock SGD reads it once per step). The training loop adds one read per log interval.
 * Evaluation on ``--eval-images`` val images (640x480, 80 classes): inference + postprocess
   (fp16, channels_last) and coco_eval, seconds and images/s. The model is barely trained, so
@@ -138,12 +138,12 @@ def _training_side(model, ds, args, device, amp: str, channels_last: bool, coder
 
 
 def train_ssdwb(ds, args, device, amp: str, channels_last: bool):
-    from ssdwb.anchors import dboxes300_coco
-    from ssdwb.box_coder import BoxCoder
-    from ssdwb.loss import MultiBoxLoss
-    from ssdwb.model import SSD300
-    from ssdwb.optim import SGD
-    from ssdwb.train import train_step
+    from ssdwb.engine.optim import SGD
+    from ssdwb.engine.step import train_step
+    from ssdwb.ssd.anchors import dboxes300_coco
+    from ssdwb.ssd.box_coder import BoxCoder
+    from ssdwb.ssd.loss import MultiBoxLoss
+    from ssdwb.ssd.model import SSD300
 
     torch.manual_seed(0)
     dboxes = dboxes300_coco()
@@ -188,7 +188,8 @@ def train_torchvision(ds, args, device, amp: str, channels_last: bool):
 def evaluation(model, coder, val_ds, args, device) -> tuple[float, float, str]:
     """(inference + postprocess s, coco_eval s or nan, backend or why none)."""
     from ssdwb.data import build_loader
-    from ssdwb.evaluate import coco_eval, infer
+    from ssdwb.evaluation.coco_eval import coco_eval
+    from ssdwb.evaluation.inference import infer
 
     loader = build_loader(val_ds, args.eval_batch, train=False, distributed=False,
                           num_workers=args.workers, device=device)
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"bench_gpu {time.strftime('%Y-%m-%d %H:%M')}: {name}, torch {torch.__version__}, "
           f"batch {args.batch}, width {args.width}, {args.steps} steps after {args.warmup}")
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as ssdwb.train does (cudnn_benchmark)
+        torch.backends.cudnn.benchmark = True  # as ssdwb.engine.loop does (cudnn_benchmark)
     rows = []
     if not args.skip_tests:
         rows.append(("CUDA tests", cuda_tests(timeout=180), ""))

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_postprocess.py [--batch 32] [--repeats 20] [--before REV]
 
 Three functions, measured in alternation (best of ``--repeats`` each; this machine is a VM whose
-speed drifts): ``ssdwb.detect.postprocess`` as it was at ``--before`` (default 461eebc, the
+speed drifts): ``ssdwb.ssd.postprocess.postprocess`` as it was at ``--before`` (default 461eebc, the
 commit before the index; its ``ssdwb/detect.py`` is read with ``git show`` and imported), and
 today's, without and with ``return_index=True``. The inputs are ``bench/bench_core.py``'s: batch
 32 of random logits x2.5 (every class fills its 200 candidates) and trained-like logits
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from ssdwb.anchors import dboxes300_coco
-from ssdwb.box_coder import BoxCoder
-from ssdwb.detect import postprocess
 from ssdwb.runtime import tune_cpu_allocator
+from ssdwb.ssd.anchors import dboxes300_coco
+from ssdwb.ssd.box_coder import BoxCoder
+from ssdwb.ssd.postprocess import postprocess
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_core import best_times  # noqa: E402

@@ -5,7 +5,7 @@
 
 Training step (batch 8, 300x300, the reference SSD300-ResNet34 unless --width): images from the
 synthetic set through the reference augmentation and ``build_loader``, then forward, loss,
-backward, SGD step and a metrics line, exactly the calls ``ssdwb.train`` makes. Each phase is
+backward, SGD step and a metrics line, exactly the calls ``ssdwb.engine.loop`` makes. Each phase is
 timed after a ``loss.item()`` sync (CPU: ops are synchronous anyway). The figure to watch is the
 share of the step spent outside the model's forward and backward (target: under 3 %).
 
@@ -32,14 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssdwb.anchors import dboxes300_coco
-from ssdwb.box_coder import BoxCoder
 from ssdwb.data import CocoDetection, build_loader, normalize, train_transform
 from ssdwb.data.synthetic import make_shapes_coco
-from ssdwb.evaluate import STAT_KEYS, coco_eval
-from ssdwb.loss import MultiBoxLoss
-from ssdwb.model import NUM_DEFAULTS, SSD300
+from ssdwb.evaluation.coco_eval import STAT_KEYS, coco_eval
 from ssdwb.runtime import tune_cpu_allocator
+from ssdwb.ssd.anchors import dboxes300_coco
+from ssdwb.ssd.box_coder import BoxCoder
+from ssdwb.ssd.loss import MultiBoxLoss
+from ssdwb.ssd.model import NUM_DEFAULTS, SSD300
 
 
 def _dataset(root: Path, n: int, num_classes: int) -> CocoDetection:
@@ -235,7 +235,7 @@ def main() -> None:
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-eval", action="store_true")
     args = p.parse_args()
-    tune_cpu_allocator()  # as ssdwb.train does on CPU; for both sides
+    tune_cpu_allocator()  # as ssdwb.engine.loop does on CPU; for both sides
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if not args.skip_train:
         with tempfile.TemporaryDirectory() as tmp:

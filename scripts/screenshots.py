@@ -60,7 +60,7 @@ def anchors_png(browser, data_dir: Path, out: Path) -> None:
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    from ssdwb.runs import ensure_shapes
+    from ssdwb.data.synthetic import ensure_shapes
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", nargs="?", help="a run folder with report.html")

@@ -2,7 +2,7 @@
 ``ssdwb anchors fit``, ``ssdwb train``, ``ssdwb eval``, ``ssdwb demo``, ``ssdwb report``,
 ``ssdwb notebook``, ``ssdwb checkpoint convert``, ``ssdwb predict``, ``ssdwb export``,
 ``ssdwb plan``. Thin: each subcommand parses flags and calls the package.
-``python -m ssdwb.train ...`` is ``ssdwb train ...``."""
+``python -m ssdwb.engine.loop ...`` is ``ssdwb train ...``."""
 
 from __future__ import annotations
 
@@ -11,24 +11,41 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
+
+from ssdwb.apps.export import check_onnx, export_onnx
+from ssdwb.apps.notebooks import NOTEBOOKS, execute, parse_value
+from ssdwb.apps.predict import predict
+from ssdwb.apps.report import render_report
+from ssdwb.config import PRESETS, TrainConfig, demo_preset, preset
+from ssdwb.data import CocoDetection, build_loader, resolve_data, val_transform
+from ssdwb.data.download import DatasetError, download_coco, verify_coco
+from ssdwb.data.synthetic import DEMO_SHAPES, THIN_SHAPES, ensure_shapes, make_shapes_coco
+from ssdwb.data.verify import verify_decode
+from ssdwb.engine.loop import train
+from ssdwb.evaluation.inference import evaluate
+from ssdwb.files import resolve_path
+from ssdwb.lab.anchor_fit import fit_design
+from ssdwb.lab.plan import SSDWB, SYSTEMS, format_plan, plan_table
+from ssdwb.runs.checkpoint import CheckpointError, convert_checkpoint, load_checkpoint
+from ssdwb.runs.trained import model_from_checkpoint
+from ssdwb.runtime import resolve_amp
+from ssdwb.ssd.anchors import save_design
+from ssdwb.ssd.box_coder import BoxCoder
 
 
 def _data(args) -> int:
     if args.data_cmd == "synth":
-        from ssdwb.data.synthetic import make_shapes_coco
-        from ssdwb.runs import DEMO_SHAPES, THIN_SHAPES
 
         shapes = {"demo": DEMO_SHAPES, "thin": THIN_SHAPES}.get(args.profile, {})
         out = make_shapes_coco(args.out_dir, args.train, args.val, seed=args.seed, **shapes)
         print(f"synthetic COCO-format dataset in {out}")
         return 0
-    from ssdwb.data.download import DatasetError, download_coco, verify_coco
 
     try:
         if args.data_cmd == "download":
             report = download_coco(args.datadir, keep_zips=not args.remove_zips)
         elif args.decode:
-            from ssdwb.data.verify import verify_decode
 
             report = verify_decode(args.datadir, workers=args.workers,
                                    check_zips=not args.skip_md5)
@@ -44,7 +61,6 @@ def _data(args) -> int:
 
 # --- train, eval, demo, report, notebook, checkpoint ------------------------------------------
 def _config_from_args(args):
-    from ssdwb.config import TrainConfig, preset
 
     config = preset(args.preset) if args.preset else TrainConfig()
     if args.config:
@@ -53,7 +69,6 @@ def _config_from_args(args):
 
 
 def _train(args) -> int:
-    from ssdwb.train import train
 
     if args.resume:
         summary = train(resume=args.resume, overrides=args.set)
@@ -66,13 +81,6 @@ def _eval(args) -> int:
     """A checkpoint on a val split, through the evaluator training uses."""
     import torch
 
-    from ssdwb.box_coder import BoxCoder
-    from ssdwb.config import TrainConfig
-    from ssdwb.data import CocoDetection, build_loader, resolve_data, val_transform
-    from ssdwb.evaluate import evaluate
-    from ssdwb.predict import model_from_checkpoint
-    from ssdwb.runs import load_checkpoint
-    from ssdwb.runtime import resolve_amp
 
     ckpt = load_checkpoint(args.checkpoint)
     config = TrainConfig.from_dict(ckpt["config"], args.checkpoint)
@@ -108,14 +116,10 @@ class _ProgressLines(logging.Filter):
 
 def _demo(args) -> int:
     """The README's demo: the training notebook on the synthetic set, then the run's report."""
-    from ssdwb.notebooks import execute
-    from ssdwb.report import render_report
-    from ssdwb.runs import ensure_shapes, resolve_path
 
     data = ensure_shapes(args.data)
     run_id = args.run_id or time.strftime("demo-%Y%m%d-%H%M%S")
     run = resolve_path(args.run_dir) / run_id
-    from ssdwb.config import demo_preset
 
     name = demo_preset()
     why = {"demo": "", "demo-bf16": ": this CPU computes bf16 without AMX, so fewer epochs",
@@ -139,12 +143,7 @@ def _demo(args) -> int:
 
 def _anchors(args) -> int:
     """``ssdwb anchors fit``: default boxes fitted to a dataset's GT boxes, as a design file."""
-    from pathlib import Path
 
-    from ssdwb.anchor_fit import fit_design
-    from ssdwb.anchors import save_design
-    from ssdwb.data import CocoDetection, resolve_data
-    from ssdwb.runs import resolve_path
 
     paths = resolve_data(resolve_path(args.data))
     ds = CocoDetection(paths[f"{args.split}_images"], paths[f"{args.split}_ann"])
@@ -169,7 +168,6 @@ def _anchors(args) -> int:
 
 
 def _report(args) -> int:
-    from ssdwb.report import render_report
 
     try:
         out = render_report(args.run_dir, args.out, show_code=args.show_code)
@@ -181,7 +179,6 @@ def _report(args) -> int:
 
 
 def _notebook(args) -> int:
-    from ssdwb.notebooks import execute, parse_value
 
     params = {k: parse_value(v) for k, v in (args.parameter or [])}
     params.update({k: v for k, v in (args.parameter_raw or [])})
@@ -191,7 +188,6 @@ def _notebook(args) -> int:
 
 
 def _checkpoint(args) -> int:
-    from ssdwb.runs import CheckpointError, convert_checkpoint
 
     try:
         out = convert_checkpoint(args.path, args.out)
@@ -204,8 +200,6 @@ def _checkpoint(args) -> int:
 
 # --- use a trained model: predict, export; plan a cluster ------------------------------------
 def _predict(args) -> int:
-    from ssdwb.predict import predict
-    from ssdwb.runs import CheckpointError
 
     try:
         summary = predict(args.checkpoint, args.inputs, args.out, score=args.score,
@@ -223,8 +217,6 @@ def _predict(args) -> int:
 
 
 def _export(args) -> int:
-    from ssdwb.export import check_onnx, export_onnx
-    from ssdwb.runs import CheckpointError
 
     try:
         out = export_onnx(args.checkpoint, args.onnx, decoded=args.decoded)
@@ -245,7 +237,6 @@ def _export(args) -> int:
 
 
 def _plan(args) -> int:
-    from ssdwb.plan import SSDWB, SYSTEMS, format_plan, plan_table
 
     a = SSDWB.replace(overlap=args.overlap, inter_node_GBps=args.inter_node_gbps,
                       grad_bytes=2 if args.fp16_gradients else 4)
@@ -262,7 +253,6 @@ def _plan(args) -> int:
 
 
 def _add_use_subcommands(sub) -> None:
-    from ssdwb.plan import SSDWB, SYSTEMS
 
     pr = sub.add_parser("predict", help="run a checkpoint on images: detections.json and a PNG "
                         "with labelled boxes per image")
@@ -302,8 +292,6 @@ def _add_use_subcommands(sub) -> None:
 
 
 def _add_run_subcommands(sub) -> None:
-    from ssdwb.config import PRESETS
-    from ssdwb.notebooks import NOTEBOOKS
 
     tr = sub.add_parser("train", help="train (or resume) a run")
     tr.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset")
@@ -408,13 +396,9 @@ SUBCOMMANDS = ("data", "anchors", "train", "eval", "demo", "report", "notebook",
                "predict", "export", "plan")
 
 
-def main(argv: list[str] | None = None, default: str | None = None) -> int:
-    """``default``: the subcommand when ``argv`` names none (``python -m ssdwb.train`` passes
-    "train", so ``python -m ssdwb.train --preset demo`` trains)."""
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if default and (not argv or argv[0] not in SUBCOMMANDS):
-        argv = [default, *argv]
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

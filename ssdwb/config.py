@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssdwb.runtime import cpu_class
+
 __all__ = ["TrainConfig", "PRESETS", "DEMO_PRESETS", "preset", "demo_preset"]
 
 REF_BATCH = 32
@@ -271,7 +273,7 @@ if _untyped:  # a new field with a type this module cannot convert yet
     raise TypeError(f"TrainConfig fields without a converter: {_untyped}")
 
 
-# Named presets. "demo": the synthetic shapes set (ssdwb.runs.DEMO_DATA, 960 images of 300x300)
+# Named presets. "demo": the synthetic shapes set (ssdwb.data.synthetic.DEMO_DATA, 960 images of 300x300)
 # on this project's 2-core CPU machine. The full SSD300 trains at ~2.2 images/s there, so the demo
 # trains the same design at a quarter of the channels (model_width 0.25) from random init, on the
 # production code path: amp "auto" (bf16 on a CPU with native bf16) and channels_last. Recipe
@@ -325,7 +327,6 @@ DEMO_PRESETS = {"amx": "demo", "bf16": "demo-bf16", "fp32": "demo-fp32"}
 def demo_preset() -> str:
     """The demo preset for this CPU's class (see PRESETS): "demo" with AMX-BF16, "demo-bf16" with
     bf16 in the vector units only, "demo-fp32" without native bf16."""
-    from ssdwb.runtime import cpu_class
 
     return DEMO_PRESETS[cpu_class()]
 

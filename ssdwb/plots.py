@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ssdwb.data.transforms import MEAN, STD
+
 __all__ = ["to_numpy_image", "draw_boxes", "show_sample", "draw_default_boxes", "plot_coverage",
            "plot_training", "plot_map", "plot_class_ap", "plot_pr_curves", "plot_size_ap",
            "plot_map_curves"]
@@ -26,7 +28,6 @@ def to_numpy_image(image) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         if t.dtype != torch.uint8:  # undo the normalisation for display
-            from ssdwb.data.transforms import MEAN, STD
 
             t = t * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
             t = (t.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -180,7 +181,7 @@ def plot_map(evals: list[dict], target: float = MLPERF_TARGET, ax=None, label: s
 
 
 def plot_map_curves(runs, ax=None, target: float | None = None):
-    """mAP per eval epoch of several runs (``ssdwb.runs.Run``) overlaid."""
+    """mAP per eval epoch of several runs (``ssdwb.runs.reader.Run``) overlaid."""
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.8))
     for r in runs:

@@ -20,6 +20,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+# "0" turns train()'s tqdm bars off: ssdwb.apps.notebooks sets it for the kernels papermill
+# starts, where a saved widget would read "0%" in the report; the per-epoch lines remain.
+PROGRESS_BARS_ENV = "SSDWB_PROGRESS_BARS"
+
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3

@@ -12,6 +12,6 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def dboxes():
-    from ssdwb.anchors import dboxes300_coco
+    from ssdwb.ssd.anchors import dboxes300_coco
 
     return dboxes300_coco()

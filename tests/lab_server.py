@@ -28,7 +28,7 @@ def write_notebook(name: str, folder: Path, parameters: dict) -> Path:
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    from ssdwb.notebooks import notebook_path
+    from ssdwb.apps.notebooks import notebook_path
 
     nb = parameterize_notebook(load_notebook_node(str(notebook_path(name))), parameters)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",

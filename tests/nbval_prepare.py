@@ -15,8 +15,8 @@ import nbformat
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
+from ssdwb.apps.notebooks import NOTEBOOKS, notebook_path
 from ssdwb.data.synthetic import make_shapes_coco
-from ssdwb.notebooks import NOTEBOOKS, notebook_path
 
 
 def small_parameters(out: Path) -> dict[str, dict]:

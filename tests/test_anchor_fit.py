@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssdwb.anchor_fit import best_iou_per_type, design_coverage, fit_design
-from ssdwb.anchors import (
+from ssdwb.lab.anchor_fit import best_iou_per_type, design_coverage, fit_design
+from ssdwb.ssd.anchors import (
     DefaultBoxes,
     coverage,
     dboxes300_coco,
@@ -49,7 +49,7 @@ def test_best_iou_per_type_is_the_best_iou_over_all_priors(design):
     gt, areas = random_gt(3000, seed=1)
     gt = torch.cat([gt, torch.tensor([[0.0, 0.0, 0.05, 0.05], [0.95, 0.95, 1.0, 1.0],
                                       [0.0, 0.4, 1.0, 0.6]])])  # corners, a full-width bar
-    from ssdwb.anchor_fit import _type_matrix
+    from ssdwb.lab.anchor_fit import _type_matrix
 
     fast = _type_matrix(d, gt)[0].max(1).values
     slow = coverage(d, gt)["best_iou"]
@@ -99,7 +99,7 @@ def test_bad_design_files_are_named(tmp_path):
 
 
 def test_model_heads_follow_the_design_and_other_grids_are_refused():
-    from ssdwb.model import build_model
+    from ssdwb.ssd.model import build_model
 
     d = fitted_like()
     model = build_model(5, d, width=0.125).eval()
@@ -148,8 +148,7 @@ def test_fit_never_scores_below_the_reference_on_square_boxes():
 
 
 def test_thin_profile_makes_bars(tmp_path):
-    from ssdwb.data.synthetic import make_shapes_coco
-    from ssdwb.runs import THIN_SHAPES
+    from ssdwb.data.synthetic import THIN_SHAPES, make_shapes_coco
 
     out = make_shapes_coco(tmp_path / "thin", 20, 4, seed=0, **THIN_SHAPES)
     anns = json.loads((out / "annotations" / "instances_train.json").read_text())["annotations"]
@@ -169,10 +168,10 @@ def test_a_fitted_design_trains_evaluates_and_predicts(tmp_path, capsys):
     from test_train import tiny_config
 
     from ssdwb.cli import main
-    from ssdwb.data.synthetic import make_shapes_coco
-    from ssdwb.predict import load_trained
-    from ssdwb.runs import THIN_SHAPES, load_checkpoint
-    from ssdwb.train import train
+    from ssdwb.data.synthetic import THIN_SHAPES, make_shapes_coco
+    from ssdwb.engine.loop import train
+    from ssdwb.runs.checkpoint import load_checkpoint
+    from ssdwb.runs.trained import load_trained
 
     make_shapes_coco(tmp_path / "data", num_train=8, num_val=4, seed=0, **THIN_SHAPES)
     design_file = tmp_path / "fitted.json"
@@ -205,7 +204,7 @@ def test_a_fitted_design_trains_evaluates_and_predicts(tmp_path, capsys):
     assert trained.coder.dboxes.num_priors == fitted.num_priors
     assert trained.model.num_defaults == fitted.num_defaults_per_cell
 
-    from ssdwb.attribution import box_type_names, infer_run
+    from ssdwb.lab.attribution import box_type_names, infer_run
 
     inferred = infer_run(run)
     assert inferred["dboxes"].num_priors == fitted.num_priors

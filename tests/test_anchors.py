@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssdwb.anchors import DefaultBoxes, coverage
+from ssdwb.ssd.anchors import DefaultBoxes, coverage
 
 
 def test_count_per_level_and_total(dboxes):

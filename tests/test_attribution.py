@@ -1,4 +1,4 @@
-"""Per-level attribution (ssdwb.attribution): the default box of each detection through
+"""Per-level attribution (ssdwb.lab.attribution): the default box of each detection through
 postprocess, its (level, box type, cell), TP/FP and AP per level and box type, and the GT
 boxes no default box catches."""
 
@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from ssdwb.anchors import DefaultBoxes
-from ssdwb.attribution import attribution, box_type_names, prior_cells, uncaught_gt
-from ssdwb.box_coder import BoxCoder
-from ssdwb.detect import postprocess
+from ssdwb.lab.attribution import attribution, box_type_names, prior_cells, uncaught_gt
+from ssdwb.ssd.anchors import DefaultBoxes
+from ssdwb.ssd.box_coder import BoxCoder
+from ssdwb.ssd.postprocess import postprocess
 
 
 def test_prior_cells_name_every_default_box(dboxes):
@@ -62,7 +62,7 @@ def test_postprocess_index_gives_the_same_detections_and_their_boxes(dboxes, str
 def _one_image_case():
     """One 300x300 image, two GT boxes: one a default box of level 2 exactly, one 4x4 px (no
     default box reaches IoU 0.5 with it)."""
-    from ssdwb.anchors import dboxes300_coco
+    from ssdwb.ssd.anchors import dboxes300_coco
 
     d = dboxes300_coco()
     lv = d.levels[2]
@@ -136,11 +136,11 @@ def test_uncaught_gt_edge_of_the_threshold():
 
 
 def test_infer_with_priors_lines_up_with_the_rows(tmp_path):
-    from ssdwb.anchors import dboxes300_coco
     from ssdwb.data import CocoDetection, build_loader, val_transform
     from ssdwb.data.synthetic import make_shapes_coco
-    from ssdwb.evaluate import infer
-    from ssdwb.model import SSD300
+    from ssdwb.evaluation.inference import infer
+    from ssdwb.ssd.anchors import dboxes300_coco
+    from ssdwb.ssd.model import SSD300
 
     root = make_shapes_coco(tmp_path, num_train=1, num_val=3, seed=0, size=(300, 300))
     ds = CocoDetection(root / "val", root / "annotations" / "instances_val.json",

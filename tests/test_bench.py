@@ -131,7 +131,7 @@ def test_bench_gpu_smoke_runs_every_row_on_the_cpu():
 
 
 def test_bench_demo_matrix_at_reduced_epochs_and_carried_on(tmp_path):
-    from ssdwb.runs import ensure_shapes
+    from ssdwb.data.synthetic import ensure_shapes
 
     data = ensure_shapes(tmp_path / "shapes", num_train=16, num_val=4)
     args = ("--data", str(data), "--epochs", "1", "--seeds", "1", "--dir", str(tmp_path / "m"),

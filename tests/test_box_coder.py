@@ -4,8 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssdwb.anchors import DefaultBoxes
-from ssdwb.box_coder import BoxCoder
+from ssdwb.ssd.anchors import DefaultBoxes
+from ssdwb.ssd.box_coder import BoxCoder
 
 
 def tiny_priors(ltrb):
@@ -169,7 +169,7 @@ def test_encode_on_cuda_matches_cpu(dboxes):
 
 @pytest.mark.parametrize("width", [8732, 1000, 37, 7])
 def test_first_argmax_equals_argmax_with_ties_and_nan(width):
-    from ssdwb.box_coder import first_argmax
+    from ssdwb.ssd.box_coder import first_argmax
 
     gen = torch.Generator().manual_seed(width)
     x = torch.randint(0, 4, (50, width), generator=gen).float()  # many ties
@@ -208,7 +208,7 @@ def test_dense_encode_never_reads_the_device(dboxes):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_encode_and_loss_on_cuda_never_sync(dboxes):
-    from ssdwb.loss import MultiBoxLoss
+    from ssdwb.ssd.loss import MultiBoxLoss
 
     gen = torch.Generator().manual_seed(2)
     gts = [random_gt(gen, n) for n in (3, 0, 7)]

@@ -50,8 +50,8 @@ def _pixels_vary(png: bytes) -> float:
 
 
 def test_report_shows_its_plots(browser, small_data, tmp_path):
-    from ssdwb.notebooks import execute
-    from ssdwb.report import render_report
+    from ssdwb.apps.notebooks import execute
+    from ssdwb.apps.report import render_report
 
     run = tmp_path / "run"
     execute("anchors", run / "anchors.ipynb", {"data_dir": str(small_data), "interactive": False},

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ssdwb import runtime
+from ssdwb.apps.notebooks import notebook_path
 from ssdwb.config import TrainConfig, preset
-from ssdwb.notebooks import notebook_path
 
 
 # --- conversion by declared type ----------------------------------------------------------------

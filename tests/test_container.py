@@ -46,7 +46,7 @@ def test_files_runscript_and_test_sections(recipe):
     assert {"pyproject.toml", "ssdwb", "notebooks", "slurm"} <= copied
     for src in copied:
         assert (ROOT / src).exists(), f"%files copies {src}, which is not in the checkout"
-    assert "ssdwb.notebooks" in recipe.cmd  # %runscript runs notebooks with papermill
+    assert "ssdwb.apps.notebooks" in recipe.cmd  # %runscript runs notebooks with papermill
     text = DEF.read_text()
     test_section = text.split("%test", 1)[1]
     assert "19972534" in test_section and "papermill" in test_section

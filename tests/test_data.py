@@ -318,7 +318,7 @@ def test_loader_shards_are_disjoint_and_cover(shapes):
 
 
 def test_loader_workers_are_deterministic_and_encode_in_worker(shapes, dboxes):
-    from ssdwb.box_coder import BoxCoder
+    from ssdwb.ssd.box_coder import BoxCoder
 
     coder = BoxCoder(dboxes)
     ds = train_ds(shapes, transform=train_transform())
@@ -346,8 +346,8 @@ def test_batch_crosses_processes_intact(shapes, dboxes):
 
     import torch.multiprocessing  # noqa: F401  (registers the shared-memory tensor reducers)
 
-    from ssdwb.box_coder import BoxCoder
     from ssdwb.data.loader import Batch, Collate
+    from ssdwb.ssd.box_coder import BoxCoder
 
     ds = train_ds(shapes, transform=train_transform())
     torch.manual_seed(0)
@@ -368,9 +368,9 @@ def test_batch_crosses_processes_intact(shapes, dboxes):
 
 
 def test_end_to_end_batch_feeds_the_loss(shapes, dboxes):
-    from ssdwb.box_coder import BoxCoder
-    from ssdwb.loss import MultiBoxLoss
-    from ssdwb.model import SSD300
+    from ssdwb.ssd.box_coder import BoxCoder
+    from ssdwb.ssd.loss import MultiBoxLoss
+    from ssdwb.ssd.model import SSD300
 
     ds = train_ds(shapes, transform=train_transform())
     coder = BoxCoder(dboxes)

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ssdwb.anchors import dboxes300_coco
-from ssdwb.box_coder import BoxCoder
-from ssdwb.loss import MultiBoxLoss
-from ssdwb.model import SSD300
+from ssdwb.ssd.anchors import dboxes300_coco
+from ssdwb.ssd.box_coder import BoxCoder
+from ssdwb.ssd.loss import MultiBoxLoss
+from ssdwb.ssd.model import SSD300
 
 STEPS, GLOBAL_BATCH = 2, 4
 
@@ -80,7 +80,7 @@ def _train_worker(rank, world, port, kwargs_list):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from ssdwb.train import train
+    from ssdwb.engine.loop import train
 
     for kwargs in kwargs_list:
         train(**kwargs)
@@ -131,12 +131,13 @@ def test_ddp_train_resumes_bit_exact_and_evaluates_the_checkpointed_model(tmp_pa
     # every val image with the checkpointed model (rank 0's weights and BN statistics).
     import numpy as np
 
-    from ssdwb.anchors import dboxes300_coco
-    from ssdwb.box_coder import BoxCoder
     from ssdwb.data import CocoDetection, build_loader, val_transform
-    from ssdwb.evaluate import coco_eval, infer
-    from ssdwb.model import SSD300
-    from ssdwb.runs import load_checkpoint
+    from ssdwb.evaluation.coco_eval import coco_eval
+    from ssdwb.evaluation.inference import infer
+    from ssdwb.runs.checkpoint import load_checkpoint
+    from ssdwb.ssd.anchors import dboxes300_coco
+    from ssdwb.ssd.box_coder import BoxCoder
+    from ssdwb.ssd.model import SSD300
 
     ckpt = load_checkpoint(tmp_path / "runs" / "straight" / "checkpoint.pt")
     ds = CocoDetection(tmp_path / "data" / "val", tmp_path / "data" / "annotations" /

@@ -10,7 +10,7 @@ import nbformat
 
 
 def test_demo_terminal_lines_and_a_clean_report(tmp_path):
-    from ssdwb.runs import ensure_shapes
+    from ssdwb.data.synthetic import ensure_shapes
 
     data = ensure_shapes(tmp_path / "shapes", num_train=16, num_val=4)
     out = subprocess.run(

@@ -3,9 +3,9 @@ import pytest
 import reference
 import torch
 
-from ssdwb.anchors import DefaultBoxes
-from ssdwb.box_coder import BoxCoder
-from ssdwb.detect import postprocess
+from ssdwb.ssd.anchors import DefaultBoxes
+from ssdwb.ssd.box_coder import BoxCoder
+from ssdwb.ssd.postprocess import postprocess
 
 
 def compare_with_reference(ploc, plabel, dboxes, **kw):
@@ -82,7 +82,7 @@ def test_iou_exactly_at_threshold_is_suppressed(strategy, fillers, device):
     strategy="batched", 2 boxes go through the batched pass and 72 (> _BATCHED_MAX) through
     torchvision.ops.nms; "per_group" calls torchvision.ops.nms for both. On CUDA the nms kernel
     takes the threshold as a float (a double below 0.5 would round back to 0.5)."""
-    from ssdwb.detect import _BATCHED_MAX
+    from ssdwb.ssd.postprocess import _BATCHED_MAX
 
     assert (fillers + 2 > _BATCHED_MAX) == (fillers > 0)
     assert f32_iou([0, 0, 1, 1], [0, 0, 0.5, 1]) == 0.5
@@ -98,7 +98,7 @@ def test_iou_exactly_at_threshold_is_suppressed(strategy, fillers, device):
 
 
 def test_suppress_above_is_the_float32_just_below():
-    from ssdwb.detect import _suppress_above
+    from ssdwb.ssd.postprocess import _suppress_above
 
     for t in (0.5, 0.45, 0.6, 0.3):
         below = _suppress_above(t)
@@ -154,11 +154,11 @@ def test_perfect_predictions_score_map_one(tmp_path):
     box formats, prior order, label maps or pixel conversion between training and evaluation)."""
     import numpy as np
 
-    from ssdwb.anchors import dboxes300_coco
-    from ssdwb.box_coder import BoxCoder
     from ssdwb.data import CocoDetection, build_loader, val_transform
     from ssdwb.data.synthetic import make_shapes_coco
-    from ssdwb.evaluate import coco_eval, detections_to_coco
+    from ssdwb.evaluation.coco_eval import coco_eval, detections_to_coco
+    from ssdwb.ssd.anchors import dboxes300_coco
+    from ssdwb.ssd.box_coder import BoxCoder
 
     root = make_shapes_coco(tmp_path / "s", num_train=1, num_val=6, seed=5)
     ds = CocoDetection(root / "val", root / "annotations" / "instances_val.json",
@@ -180,7 +180,7 @@ def test_heavy_suppression_needs_more_rounds(monkeypatch):
     """Priors in two clusters of near-duplicates: most candidates are suppressed, so the first
     2 * max_detections + 64 entries of an image keep too few and postprocess must look further
     (and stay exact)."""
-    import ssdwb.detect as detect
+    import ssdwb.ssd.postprocess as detect
 
     d = DefaultBoxes(300, [2], [150], [100, 200], [[2, 3]])  # 24 priors, replaced below
     gen = torch.Generator().manual_seed(11)
@@ -206,7 +206,7 @@ def test_batched_nms_equals_torchvision_nms(seed):
     with many IoUs near the threshold (boxes on a coarse grid) and groups up to the batch limit."""
     from torchvision.ops import nms
 
-    from ssdwb.detect import _BATCHED_MAX, _greedy_nms
+    from ssdwb.ssd.postprocess import _BATCHED_MAX, _greedy_nms
 
     gen = torch.Generator().manual_seed(seed)
     sizes = torch.randint(1, _BATCHED_MAX + 20, (40,), generator=gen)

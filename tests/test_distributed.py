@@ -2,7 +2,7 @@
 
 import pytest
 
-from ssdwb.distributed import env_rank, first_host, init_distributed, slurm_rendezvous
+from ssdwb.engine.distributed import env_rank, first_host, init_distributed, slurm_rendezvous
 
 
 def test_srun_step_gives_the_world_without_master_addr():

@@ -1,4 +1,4 @@
-"""COCO's error analysis (ssdwb.error_analysis): the same precision arrays as pycocotools run
+"""COCO's error analysis (ssdwb.evaluation.error_analysis): the same precision arrays as pycocotools run
 the way mmdetection's coco_error_analysis runs it, hand-built cases where one error type alone
 moves, and the eval line of a run carrying it."""
 
@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from ssdwb.error_analysis import (
+from ssdwb.evaluation.error_analysis import (
     AREAS,
     COST_NAMES,
     ERROR_TYPES,
@@ -117,7 +117,7 @@ def test_equals_pycocotools_run_as_mmdetection_runs_it(seed, crowded):
 
 
 def test_iou_blocks_do_not_change_the_result(monkeypatch):
-    import ssdwb.error_analysis as ea
+    import ssdwb.evaluation.error_analysis as ea
 
     gt, res = random_case(8, crowded=True)
     whole = error_analysis(gt, res)["precision"]
@@ -126,7 +126,7 @@ def test_iou_blocks_do_not_change_the_result(monkeypatch):
 
 
 def test_tp_needed_is_cocoeval_searchsorted():
-    from ssdwb.error_analysis import RECALL_THRESHOLDS, _tp_needed
+    from ssdwb.evaluation.error_analysis import RECALL_THRESHOLDS, _tp_needed
 
     npig = np.arange(1, 400)
     got = _tp_needed(RECALL_THRESHOLDS, npig)
@@ -136,7 +136,7 @@ def test_tp_needed_is_cocoeval_searchsorted():
 
 
 def test_c75_and_c50_are_coco_ap75_and_ap50():
-    from ssdwb.evaluate import coco_eval
+    from ssdwb.evaluation.coco_eval import coco_eval
 
     gt, res = random_case(5, images=20)
     ap = error_analysis(gt, res)["ap"]
@@ -146,7 +146,7 @@ def test_c75_and_c50_are_coco_ap75_and_ap50():
 
 
 def test_results_as_dicts_and_empty():
-    from ssdwb.evaluate import array_to_results
+    from ssdwb.evaluation.coco_eval import array_to_results
 
     gt, res = random_case(6)
     a, b = error_analysis(gt, res), error_analysis(gt, array_to_results(res))
@@ -308,12 +308,12 @@ def test_synthetic_shapes_have_families_that_sim_forgives(tmp_path):
 def test_evaluate_returns_errors_as_plain_floats(tmp_path):
     import torch
 
-    from ssdwb.anchors import dboxes300_coco
-    from ssdwb.box_coder import BoxCoder
     from ssdwb.data import CocoDetection, build_loader, val_transform
     from ssdwb.data.synthetic import make_shapes_coco
-    from ssdwb.evaluate import evaluate
-    from ssdwb.model import SSD300
+    from ssdwb.evaluation.inference import evaluate
+    from ssdwb.ssd.anchors import dboxes300_coco
+    from ssdwb.ssd.box_coder import BoxCoder
+    from ssdwb.ssd.model import SSD300
 
     root = make_shapes_coco(tmp_path, num_train=1, num_val=3, seed=0, size=(300, 300),
                             max_objects=3)

@@ -17,8 +17,8 @@ from ssdwb.data.transforms import normalize, val_transform
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    from ssdwb.apps.export import export_onnx
     from ssdwb.data.synthetic import make_shapes_coco
-    from ssdwb.export import export_onnx
 
     root = tmp_path_factory.mktemp("export")
     make_shapes_coco(root / "data", num_train=4, num_val=4, seed=2)
@@ -35,8 +35,8 @@ def _session(path):
 
 @pytest.mark.parametrize("batch", [1, 3, 4])
 def test_onnxruntime_matches_torch_for_any_batch(exported, batch):
-    from ssdwb.export import OnnxModel
-    from ssdwb.predict import load_trained
+    from ssdwb.apps.export import OnnxModel
+    from ssdwb.runs.trained import load_trained
 
     _, ckpt, path, images = exported
     trained = load_trained(ckpt)
@@ -56,8 +56,8 @@ def test_onnxruntime_matches_torch_for_any_batch(exported, batch):
 
 
 def test_onnxruntime_outputs_through_postprocess_give_the_same_detections(exported):
-    from ssdwb.detect import postprocess
-    from ssdwb.predict import load_trained
+    from ssdwb.runs.trained import load_trained
+    from ssdwb.ssd.postprocess import postprocess
 
     _, ckpt, path, images = exported
     trained = load_trained(ckpt)

@@ -4,9 +4,9 @@ import pytest
 import reference
 import torch
 
-from ssdwb.anchors import DefaultBoxes
-from ssdwb.box_coder import BoxCoder
-from ssdwb.loss import MultiBoxLoss, hard_negative_mining
+from ssdwb.ssd.anchors import DefaultBoxes
+from ssdwb.ssd.box_coder import BoxCoder
+from ssdwb.ssd.loss import MultiBoxLoss, hard_negative_mining
 
 
 def small_design():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ssdwb.model import SSD300, resnet34_backbone
+from ssdwb.ssd.model import SSD300, resnet34_backbone
 
 
 @pytest.fixture(scope="module")

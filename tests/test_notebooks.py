@@ -20,11 +20,11 @@ import pytest
 import torch
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from ssdwb.anchors import DefaultBoxes, coverage_summary
+from ssdwb.apps.notebooks import NOTEBOOKS, notebook_path
+from ssdwb.apps.report import render_report
 from ssdwb.config import PRESETS, TrainConfig
-from ssdwb.notebooks import NOTEBOOKS, notebook_path
-from ssdwb.report import render_report
-from ssdwb.runs import config_diff, find_runs, latest_run, load_run, target_of, time_to_target
+from ssdwb.runs.reader import config_diff, find_runs, latest_run, load_run, target_of, time_to_target
+from ssdwb.ssd.anchors import DefaultBoxes, coverage_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +95,7 @@ def test_augmentation_stats(shapes):
 # --- per-class COCO details -----------------------------------------------------------------------
 def test_coco_eval_details_matches_summary(shapes):
     from ssdwb.data.coco import load_coco_json
-    from ssdwb.evaluate import coco_eval, coco_eval_details
+    from ssdwb.evaluation.coco_eval import coco_eval, coco_eval_details
 
     gt = load_coco_json(shapes / "annotations" / "instances_val.json")
     rng = np.random.default_rng(0)
@@ -170,7 +170,7 @@ def test_ensure_shapes_makes_the_demo_profile_once_under_concurrency(tmp_path):
 
     from PIL import Image
 
-    from ssdwb.runs import DEMO_SHAPES, ensure_shapes
+    from ssdwb.data.synthetic import DEMO_SHAPES, ensure_shapes
 
     target = tmp_path / "shapes"
     with ProcessPoolExecutor(2) as pool:
@@ -189,7 +189,7 @@ def test_ensure_shapes_makes_the_demo_profile_once_under_concurrency(tmp_path):
 
 def test_data_synth_profiles(tmp_path):
     from ssdwb.cli import main
-    from ssdwb.runs import DEMO_SHAPES
+    from ssdwb.data.synthetic import DEMO_SHAPES
 
     def sizes(out):
         ann = json.loads((out / "annotations" / "instances_train.json").read_text())
@@ -291,7 +291,7 @@ def test_execute_shuts_the_kernel_down_without_an_interrupt(tmp_path):
     restored SIG_IGN after the last cell, the job's log gets "KeyboardInterrupt caught in
     kernel." (seen in CI). The last cell here leaves a SIGINT handler in place after it ends, so
     any interrupt at shutdown leaves a file behind: deterministic, not a race."""
-    from ssdwb.notebooks import execute
+    from ssdwb.apps.notebooks import execute
 
     marker = tmp_path / "interrupted"
     nb = new_notebook(cells=[
@@ -333,7 +333,7 @@ def test_execute_forwards_sigusr1_to_the_kernel(tmp_path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     src, out, marker = tmp_path / "wait.ipynb", tmp_path / "out.ipynb", tmp_path / "ready"
     nbformat.write(nb, src)
-    proc = subprocess.Popen([sys.executable, "-m", "ssdwb.notebooks", str(src), str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "ssdwb", "notebook", str(src), str(out),
                              "-r", "marker", str(marker), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     t0 = time.time()

@@ -1,4 +1,4 @@
-"""ssdwb.optim.SGD: stock SGD's numbers under GradScaler, skipped steps included, without a host
+"""ssdwb.engine.optim.SGD: stock SGD's numbers under GradScaler, skipped steps included, without a host
 read of the inf flag."""
 
 import copy
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ssdwb.optim import SGD
+from ssdwb.engine.optim import SGD
 
 
 def tiny_model():

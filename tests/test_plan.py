@@ -1,4 +1,4 @@
-"""The time-to-train planner (ssdwb.plan, ssdwb plan, notebooks/plan.ipynb): it reproduces Dell
+"""The time-to-train planner (ssdwb.lab.plan, ssdwb plan, notebooks/plan.ipynb): it reproduces Dell
 EMC's published MLPerf v0.7 C4140 times within 15 %, its constants are its fit, its systems are
 the Slurm configs, and its parts behave as the formulas say."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ssdwb import plan
+from ssdwb.lab import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ def make_checkpoint(path, data_dir, num_classes=13, width=0.25, conf_scale=5.0, 
     """A checkpoint as training saves one (weights + config), of an untrained tiny SSD300 whose
     class heads are scaled up so that its scores spread like a trained model's (some above 0.3,
     most below) instead of all sitting near 1 / num_classes."""
-    from ssdwb.model import SSD300
+    from ssdwb.ssd.model import SSD300
 
     torch.manual_seed(0)
     model = SSD300(num_classes=num_classes, width=width)
@@ -40,13 +40,14 @@ def shapes(tmp_path_factory):
 
 
 def test_predict_gives_the_evaluation_detections(shapes, tmp_path):
-    """Same images through ssdwb.evaluate.infer (the evaluator training uses) and through
+    """Same images through ssdwb.evaluation.inference.infer (the evaluator training uses) and through
     predict at the evaluation's score threshold: the same rows, image by image."""
-    from ssdwb.anchors import dboxes300_coco
-    from ssdwb.box_coder import BoxCoder
+    from ssdwb.apps.predict import predict
     from ssdwb.data import CocoDetection, build_loader, val_transform
-    from ssdwb.evaluate import infer
-    from ssdwb.predict import load_trained, predict
+    from ssdwb.evaluation.inference import infer
+    from ssdwb.runs.trained import load_trained
+    from ssdwb.ssd.anchors import dboxes300_coco
+    from ssdwb.ssd.box_coder import BoxCoder
 
     data = shapes / "data"
     ds = CocoDetection(data / "val", data / "annotations" / "instances_val.json",
@@ -105,7 +106,7 @@ def test_score_threshold_pngs_and_unreadable_images(shapes, tmp_path, capsys):
 
 
 def test_class_names_come_from_checkpoint_dataset_coco_or_numbers(shapes, tmp_path):
-    from ssdwb.predict import load_trained
+    from ssdwb.runs.trained import load_trained
 
     saved = [{"id": 100 + i, "name": f"thing{i}"} for i in range(12)]
     t = load_trained(make_checkpoint(tmp_path / "a.pt", shapes / "data", classes=saved))
@@ -125,7 +126,7 @@ def test_class_names_come_from_checkpoint_dataset_coco_or_numbers(shapes, tmp_pa
 
 
 def test_model_is_built_from_the_checkpoint_config(shapes, tmp_path):
-    from ssdwb.predict import load_trained
+    from ssdwb.runs.trained import load_trained
 
     t = load_trained(make_checkpoint(tmp_path / "w.pt", shapes / "data", width=0.5))
     assert t.model.width == 0.5 and t.num_classes == 13 and not t.model.training

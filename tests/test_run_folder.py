@@ -1,4 +1,4 @@
-"""The run folder's writer (ssdwb.runs.RunFolder): safe checkpoints, no mixed runs, durable
+"""The run folder's writer (ssdwb.runs.folder.RunFolder): safe checkpoints, no mixed runs, durable
 atomic writes, and one step of the training loop per named point."""
 
 import json
@@ -11,13 +11,8 @@ import time
 import pytest
 import torch
 
-from ssdwb.runs import (
-    CheckpointError,
-    RunFolder,
-    load_checkpoint,
-    rng_state,
-    set_rng_state,
-)
+from ssdwb.runs.checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
+from ssdwb.runs.folder import RunFolder
 
 
 class _Payload:
@@ -41,7 +36,7 @@ def test_crafted_checkpoint_runs_nothing(tmp_path):
 
 def test_crafted_checkpoint_refused_by_resume_and_eval(tmp_path):
     from ssdwb.cli import main
-    from ssdwb.train import train
+    from ssdwb.engine.loop import train
 
     target = tmp_path / "pwned"
     run = tmp_path / "run"
@@ -132,7 +127,7 @@ def test_kill_9_while_checkpointing_leaves_a_loadable_checkpoint(tmp_path):
 
 
 def test_atomic_json_replaces_whole_files(tmp_path):
-    from ssdwb.runs import atomic_json
+    from ssdwb.files import atomic_json
 
     atomic_json({"a": 1}, tmp_path / "s.json")
     atomic_json({"a": 2}, tmp_path / "s.json")

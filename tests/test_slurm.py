@@ -261,5 +261,5 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_metrics(cluster, tiny
     got, want = losses(run), losses(straight)
     assert [i for i, _ in got] == [i for i, _ in want]
     # Bit-exact: every run's steps use DDP's rebuilt bucket layout from its first iteration
-    # (ssdwb.train._rebuild_ddp_buckets), so the requeued job sums gradients in the same order.
+    # (ssdwb.engine.loop._rebuild_ddp_buckets), so the requeued job sums gradients in the same order.
     assert [v for _, v in got] == [v for _, v in want]

@@ -1,4 +1,4 @@
-"""TensorBoard event files of a run (ssdwb.tensorboard through ssdwb.runs.RunFolder), read back
+"""TensorBoard event files of a run (through RunFolder), read back
 with tensorboard's own EventAccumulator: the scalars, the 12 COCO stats, the val images with
 detections, a resumed run without duplicated steps, and no files when it is turned off."""
 
@@ -9,9 +9,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ssdwb.config import TrainConfig, preset
-from ssdwb.evaluate import STAT_KEYS
-from ssdwb.runs import RunFolder
-from ssdwb.tensorboard import TensorBoardLog, render_detections
+from ssdwb.evaluation.coco_eval import STAT_KEYS
+from ssdwb.runs.folder import RunFolder
+from ssdwb.runs.tensorboard import TensorBoardLog, render_detections
 
 
 def read_events(path):
@@ -122,9 +122,9 @@ def test_missing_val_images_are_left_out_not_fatal(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_training_loop_writes_events_and_a_resume_keeps_one_value_per_step(shapes):
-    """The real loop (ssdwb.train): cut after 3 of 8 iterations, resume, and the event files hold
+    """The real loop (ssdwb.engine.loop): cut after 3 of 8 iterations, resume, and the event files hold
     each logged iteration once with the value metrics.jsonl holds, and every eval's stats."""
-    from ssdwb.train import train
+    from ssdwb.engine.loop import train
 
     def config(run_id, **kw):
         return preset("demo", data_dir=str(shapes / "data"), run_dir=str(shapes / "runs"),

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from ssdwb.config import TrainConfig, preset
-from ssdwb.evaluate import array_to_results
+from ssdwb.evaluation.coco_eval import array_to_results
 
 C4140 = {  # SPEC.md: GPUs, batch/GPU, global batch, base lr flag, wd, warmup
     "1x": (4, 120, 480, 2.92e-3, 1.6e-4, 650),
@@ -87,7 +87,7 @@ def lines(path):
 
 
 def test_tiny_training_run_folder_and_compliance(tiny):
-    from ssdwb.train import train
+    from ssdwb.engine.loop import train
 
     summary = train(tiny_config(tiny, "full"))
     run = tiny / "runs" / "full"
@@ -113,7 +113,7 @@ def test_the_epoch_line_shows_the_epoch_mean_loss(tiny, capsys):
     epoch ends on a log line, whose window is reset before the epoch line is printed)."""
     import re
 
-    from ssdwb.train import train
+    from ssdwb.engine.loop import train
 
     def epoch_losses():
         out = capsys.readouterr().out
@@ -135,14 +135,14 @@ def test_the_epoch_line_shows_the_epoch_mean_loss(tiny, capsys):
 def test_train_step_clips_the_unscaled_gradient_norm(scaled):
     """grad_clip_norm: train_step returns the global gradient norm before clipping, and SGD
     steps with the gradients scaled down to the limit (the first momentum step is the gradient
-    itself: p - lr * g * limit / norm). Through fp16's GradScaler (ssdwb.optim.SGD) the norm is
+    itself: p - lr * g * limit / norm). Through fp16's GradScaler (ssdwb.engine.optim.SGD) the norm is
     the unscaled one and the step the same, not unscaled twice (the scale is a power of 2, so
     scaling is exact). A limit above the norm changes nothing; 0 computes no norm."""
     import torch
     from torch import nn
 
-    from ssdwb.optim import SGD
-    from ssdwb.train import train_step
+    from ssdwb.engine.optim import SGD
+    from ssdwb.engine.step import train_step
 
     class Heads(nn.Module):  # (ploc [B, 4, A], plabel [B, C, A]) as SSD300's
         def __init__(self):
@@ -187,7 +187,7 @@ def test_the_gradient_norm_lines_are_each_windows_mean_and_largest(tiny):
     """With clipping on, a metrics.jsonl line at log_interval 2 holds the mean and the largest of
     its two steps' norms, which log_interval 1 gives one by one (a limit far above the norms, so
     both runs take the same steps)."""
-    from ssdwb.train import train
+    from ssdwb.engine.loop import train
 
     def norms(interval):
         run = f"grad-norms-{interval}"
@@ -208,7 +208,7 @@ def test_the_gradient_norm_lines_are_each_windows_mean_and_largest(tiny):
                          ids=["epoch-end", "mid-epoch", "mid-epoch-worker"])
 def test_resume_gives_the_same_metrics(tiny, cut, workers):
     """4 iterations per epoch: cut=4 stops at the end of epoch 1, cut=6 half-way through 2."""
-    from ssdwb.train import train
+    from ssdwb.engine.loop import train
 
     ref = tiny / "runs" / f"full-w{workers}"
     if not ref.exists():
@@ -231,7 +231,7 @@ def test_resume_gives_the_same_metrics(tiny, cut, workers):
 
 
 def test_a_second_fresh_run_with_the_same_id_is_refused(tiny):
-    from ssdwb.train import train
+    from ssdwb.engine.loop import train
 
     run = tiny / "runs" / "twice"
     train(tiny_config(tiny, "twice", epochs=1, eval_at=[1], max_iters=2))
@@ -252,7 +252,7 @@ def test_coco_eval_backends_agree_and_empty_is_zero(tiny):
     import numpy as np
 
     from ssdwb.data.coco import load_coco_json
-    from ssdwb.evaluate import STAT_KEYS, coco_eval
+    from ssdwb.evaluation.coco_eval import STAT_KEYS, coco_eval
 
     gt = load_coco_json(tiny / "data" / "annotations" / "instances_val.json")
     rng = np.random.default_rng(0)
@@ -276,7 +276,7 @@ def test_coco_eval_backends_agree_and_empty_is_zero(tiny):
 def test_results_json_is_json_dumps_of_the_results():
     import numpy as np
 
-    from ssdwb.evaluate import results_json
+    from ssdwb.evaluation.coco_eval import results_json
 
     rng = np.random.default_rng(1)
     arr = np.column_stack([rng.integers(1, 9, 50), rng.random((50, 4)) * 640 - 20,
@@ -297,7 +297,7 @@ def test_sigusr1_checkpoints_and_the_run_resumes(tiny):
     import time
 
     run = tiny / "runs" / "sig"
-    cmd = [sys.executable, "-m", "ssdwb.train", "--preset", "demo", "--set",
+    cmd = [sys.executable, "-m", "ssdwb", "train", "--preset", "demo", "--set",
            f"data_dir={tiny / 'data'}", f"run_dir={tiny / 'runs'}", "run_id=sig", "batch_size=2",
            "epochs=2", "eval_at=[1, 2]", "num_workers=0", "log_interval=1", "eval_batch_size=4"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -311,7 +311,7 @@ def test_sigusr1_checkpoints_and_the_run_resumes(tiny):
     assert summary["status"] == "aborted" and "signal" in summary["reason"]
     assert summary["iterations"] < 8 and (run / "checkpoint.pt").exists()
     assert '"status": "aborted"' in (run / "mlperf.log").read_text()
-    done = subprocess.run([sys.executable, "-m", "ssdwb.train", "--resume", str(run)],
+    done = subprocess.run([sys.executable, "-m", "ssdwb", "train", "--resume", str(run)],
                           capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((run / "summary.json").read_text())
@@ -330,8 +330,8 @@ def test_gpu_code_paths_train_on_the_cpu(tiny, changes):
     the others stay close to the fp32 run on the same batches. fp16 overflows at the initial
     scale, so its first steps are skipped, and training must go on finite after them (torch
     2.14's fused SGD did not: garbage momentum, a non-finite loss)."""
-    from ssdwb.runs import load_checkpoint
-    from ssdwb.train import train
+    from ssdwb.engine.loop import train
+    from ssdwb.runs.checkpoint import load_checkpoint
 
     ref = tiny / "runs" / "full"
     if not ref.exists():
@@ -372,13 +372,13 @@ def test_host_syncs_at_most_one_per_log_interval(tiny, changes):
     log_interval=2 add at most 2 reads (``.item()``/``bool(tensor)``/``nonzero`` would add one
     per iteration). The loader works in a worker process, outside the counting. The CUDA path
     (encoding in the loop, autocast, NHWC) is counted the same way on the CPU, with bf16 and with
-    fp16's GradScaler (ssdwb.optim.SGD skips overflow on the device; stock SGD would make
+    fp16's GradScaler (ssdwb.engine.optim.SGD skips overflow on the device; stock SGD would make
     GradScaler.step() read its inf flag at every step). Gradient clipping (the demo's) keeps
     its norm on the device too, with and without the scaler."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from ssdwb.train import train
+    from ssdwb.engine.loop import train
 
     syncing = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
                torch.ops.aten.is_nonzero.default}

@@ -22,6 +22,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from ssdwb.data.coco import load_coco_json
+
 log = logging.getLogger(__name__)
 
 __all__ = ["COCO2017", "EXPECTED_IMAGES", "fetch", "md5sum", "extract", "download_coco",
@@ -146,7 +148,6 @@ def verify_coco(datadir: str | os.PathLike, files: dict[str, tuple[str, str]] | 
 
     Returns the lines of a report; raises ``DatasetError`` listing every problem found.
     """
-    from ssdwb.data.coco import load_coco_json
 
     datadir = Path(datadir)
     files = COCO2017 if files is None else files

@@ -44,6 +44,7 @@ and CPU encodes agree where a GPU is present).
 from __future__ import annotations
 
 import atexit
+import signal
 import time
 import weakref
 
@@ -52,6 +53,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
 from ssdwb.data.coco import SampleKey
+from ssdwb.runtime import tune_cpu_allocator
 
 __all__ = ["Batch", "Collate", "Loader", "ShardSampler", "build_loader", "sample_seeds",
            "set_epoch"]
@@ -98,8 +100,8 @@ class Collate:
     Returns ``{"images": uint8 Tensor[B, 3, H, W], "boxes": list of Tensor[N_b, 4],
     "labels": list of Tensor[N_b], "image_ids": Tensor[B], "orig_sizes": Tensor[B, 2] (h, w),
     "bad_images": list of str}`` (the unreadable files the dataset skipped to make this batch,
-    from each sample's ``target["skipped"]``; usually empty), plus ``"gloc"`` (Tensor[B, P, 4] xywh) and ``"glabel"`` (Tensor[B, P]) when a ``coder`` is
-    given (encoding in the worker).
+    from each sample's ``target["skipped"]``; usually empty), plus ``"gloc"`` (Tensor[B, P, 4]
+    xywh) and ``"glabel"`` (Tensor[B, P]) when a ``coder`` is given (encoding in the worker).
 
     The images stay uint8: the consumer normalises them where the model runs
     (:func:`ssdwb.data.normalize` after ``.to(device)``). A batch crosses from a worker to the
@@ -129,9 +131,7 @@ class Collate:
 
 
 def _worker_init(worker_id: int) -> None:
-    import signal
 
-    from ssdwb.runtime import tune_cpu_allocator
 
     torch.set_num_threads(1)  # workers share the cores with the training step
     tune_cpu_allocator()

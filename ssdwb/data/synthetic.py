@@ -8,7 +8,7 @@ Layout mirrors COCO's, so the same code reads both::
 Categories are shape x colour (4 x 3 = 12 by default) with COCO-like, non-contiguous ids, so the
 label <-> category-id mapping is exercised. A category's ``supercategory`` is its shape (the
 family: "red square", "green square" and "blue square" are "square"s), so in COCO's error
-analysis (``ssdwb.error_analysis``) a shape in the wrong colour is a ``Sim`` error and a wrong
+analysis (``ssdwb.evaluation.error_analysis``) a shape in the wrong colour is a ``Sim`` error and a wrong
 shape an ``Oth`` error. Images are 320 to 640 px a side with 1 to 12 objects
 from ~12 px to ~60 % of the image, overlapping now and then. Same arguments, same bytes.
 
@@ -20,6 +20,7 @@ the data should beat the reference's ratios of at most 3).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -27,7 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["make_shapes_coco", "SHAPES", "COLOURS"]
+from ssdwb.files import resolve_path
+
+__all__ = ["make_shapes_coco", "ensure_shapes", "SHAPES", "COLOURS", "DEMO_DATA", "DEMO_SHAPES",
+           "THIN_SHAPES"]
 
 SHAPES = ("square", "circle", "triangle", "cross")
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230)}
@@ -95,7 +99,10 @@ def _image(rng: np.random.Generator, categories: list[dict], size=None, max_obje
                 break
     anns = []
     # Largest first, so small objects are drawn on top and stay visible.
-    for cat, (x1, y1, x2, y2) in sorted(objects, key=lambda o: -(o[1][2] - o[1][0]) * (o[1][3] - o[1][1])):
+    def area(o):
+        return (o[1][2] - o[1][0]) * (o[1][3] - o[1][1])
+
+    for cat, (x1, y1, x2, y2) in sorted(objects, key=lambda o: -area(o)):
         jitter = rng.integers(-25, 26, size=3)
         fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(cat["rgb"], jitter))
         _draw(draw, cat["shape"], (x1, y1, x2, y2), fill)
@@ -153,4 +160,41 @@ def make_shapes_coco(out_dir: str | os.PathLike, num_train: int = 1000, num_val:
         tmp = out / "annotations" / f".instances_{split}.json.tmp"
         tmp.write_text(json.dumps(data))
         tmp.replace(out / "annotations" / f"instances_{split}.json")
+    return out
+
+
+# The demo's synthetic dataset: `make demo` and the notebooks' defaults share it. Its images are
+# 300x300 (no resize on the way in) with 1 to 6 objects of 24 px to 60 % of the side: easier
+# than the generator's default mix, so a small model learns it in CPU minutes (README, demo).
+DEMO_DATA = {"dir": "data/shapes", "num_train": 960, "num_val": 64, "seed": 0}
+
+
+DEMO_SHAPES = {"size": (300, 300), "max_objects": 6, "min_side": 24, "max_side": 0.6}
+
+
+# Mostly small or elongated objects: bars 3:1 to 8:1 (sides 12 px to 40 % of the image), where
+# the reference's default boxes (ratios up to 3) cover badly and fitted ones should do better.
+THIN_SHAPES = {"size": (300, 300), "max_objects": 6, "min_side": 12, "max_side": 0.4,
+               "elongation": (3.0, 8.0)}
+
+
+def ensure_shapes(data_dir: str | os.PathLike = DEMO_DATA["dir"], num_train: int | None = None,
+                  num_val: int | None = None, seed: int | None = None) -> Path:
+    """The synthetic dataset at ``data_dir``, generated on first use in the demo profile
+    (``DEMO_SHAPES``; ``DEMO_DATA``'s image counts and seed unless given). A lock file keeps two
+    notebooks or ranks from writing it at the same time; an existing COCO-format dataset there is
+    used as it is."""
+
+    out = resolve_path(data_dir)
+    ann = out / "annotations"
+    done = [ann / "instances_val.json", ann / "instances_val2017.json"]
+    if any(p.exists() for p in done):
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".generate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not any(p.exists() for p in done):  # val is written last: its file marks completion
+            make_shapes_coco(out, num_train or DEMO_DATA["num_train"],
+                             num_val or DEMO_DATA["num_val"],
+                             seed=DEMO_DATA["seed"] if seed is None else seed, **DEMO_SHAPES)
     return out

@@ -27,7 +27,8 @@ differ, by up to 14 levels), so the crop stays a separate step.
 
 Randomness comes from torch's global generator only, so a seed makes a run repeatable: in
 training each sample's own (``CocoDetection`` seeds the generator from the sampler's
-``SampleKey`` around the transform, see :mod:`ssdwb.data.loader`). Boxes are fractions of the image throughout, (x1, y1, x2, y2).
+``SampleKey`` around the transform, see :mod:`ssdwb.data.loader`). Boxes are fractions of the
+image throughout, (x1, y1, x2, y2).
 """
 
 from __future__ import annotations
@@ -254,7 +255,6 @@ def augmentation_stats(dataset, num_draws: int = 200, seed: int = 0, size: int =
         ``size_before`` / ``size_after`` (sqrt of the box area as a fraction of the image,
         before the crop and after it, i.e. relative to the 300x300 network input).
     """
-    import numpy as np
 
     transform = TrainTransform(size)
     torch.manual_seed(seed)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ssdwb.data.coco import read_coco_json
 from ssdwb.data.download import DatasetError, verify_coco
 from ssdwb.data.layout import resolve_data
 
@@ -49,7 +50,6 @@ def check_image(item: tuple[str, int | None, int | None]) -> str | None:
 def _items(folder: Path, ann: Path) -> tuple[list[tuple[str, int | None, int | None]],
                                              list[str]]:
     """The split's images to check, and the problems met listing them."""
-    from ssdwb.data.coco import read_coco_json
 
     try:
         data, _ = read_coco_json(ann)

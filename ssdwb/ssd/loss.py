@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssdwb.anchors import DefaultBoxes
-from ssdwb.box_coder import offset_constants, offsets
+from ssdwb.ssd.anchors import DefaultBoxes
+from ssdwb.ssd.box_coder import offset_constants, offsets
 
 __all__ = ["MultiBoxLoss", "hard_negative_mining"]
 

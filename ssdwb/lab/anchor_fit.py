@@ -42,7 +42,7 @@ import time
 
 import torch
 
-from ssdwb.anchors import SIZE_BINS, DefaultBoxes, dboxes300_coco
+from ssdwb.ssd.anchors import SIZE_BINS, DefaultBoxes, dboxes300_coco
 
 __all__ = ["fit_design", "best_iou_per_type", "design_coverage", "objective", "SCALES", "RATIOS"]
 

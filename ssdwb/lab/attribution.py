@@ -22,7 +22,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ssdwb.anchors import DefaultBoxes, coverage
+from ssdwb.data import CocoDetection, build_loader, resolve_data, val_transform
+from ssdwb.evaluation.coco_eval import coco_eval
+from ssdwb.evaluation.error_analysis import AREA_RANGES, AREAS, detection_outcomes
+from ssdwb.evaluation.inference import infer
+from ssdwb.runs.checkpoint import load_checkpoint
+from ssdwb.runs.reader import load_run
+from ssdwb.runs.trained import model_from_checkpoint
+from ssdwb.runtime import resolve_amp
+from ssdwb.ssd.anchors import DefaultBoxes, coverage
+from ssdwb.ssd.box_coder import BoxCoder
 
 __all__ = ["prior_cells", "box_type_names", "attribution", "uncaught_gt", "infer_run",
            "plot_attribution"]
@@ -92,8 +101,6 @@ def attribution(coco_gt, results: np.ndarray, priors, dboxes: DefaultBoxes,
     """
     import pandas as pd
 
-    from ssdwb.error_analysis import detection_outcomes
-    from ssdwb.evaluate import coco_eval
 
     results = np.asarray(results, dtype=np.float64).reshape(-1, 7)
     priors = np.asarray(priors, dtype=np.int64)
@@ -158,7 +165,6 @@ def uncaught_gt(coco_gt, dboxes: DefaultBoxes, outcomes: dict | None = None,
     """
     import pandas as pd
 
-    from ssdwb.error_analysis import AREA_RANGES, AREAS
 
     dataset = coco_gt if isinstance(coco_gt, dict) else coco_gt.dataset
     sizes = {im["id"]: (im["width"], im["height"]) for im in dataset["images"]}
@@ -208,7 +214,7 @@ def infer_run(run, device: str = "cpu", batch_size: int | None = None,
     are those of the run's last ``detections_epochN.json``.
 
     Args:
-        run: a ``ssdwb.runs.Run`` (or its folder).
+        run: a ``ssdwb.runs.reader.Run`` (or its folder).
         batch_size: default the run's ``eval_batch_size``.
         data_dir: the dataset (default: the run's ``data_dir``).
 
@@ -216,12 +222,6 @@ def infer_run(run, device: str = "cpu", batch_size: int | None = None,
         dict with ``epoch`` (the checkpoint's), ``results`` (array [N, 7]), ``priors`` (array
         [N] int64), ``dboxes`` and ``dataset`` (the val ``CocoDetection``).
     """
-    from ssdwb.box_coder import BoxCoder
-    from ssdwb.data import CocoDetection, build_loader, resolve_data, val_transform
-    from ssdwb.evaluate import infer
-    from ssdwb.predict import model_from_checkpoint
-    from ssdwb.runs import load_checkpoint, load_run
-    from ssdwb.runtime import resolve_amp
 
     run = load_run(run) if not hasattr(run, "path") else run
     ckpt = load_checkpoint(run.path / "checkpoint.pt")

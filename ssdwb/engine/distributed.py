@@ -2,9 +2,9 @@
 
 Launch one process per GPU (or per CPU rank) with either
 
-* ``torchrun --nproc-per-node=4 -m ssdwb.train ...``: RANK, WORLD_SIZE, LOCAL_RANK,
+* ``torchrun --nproc-per-node=4 -m ssdwb train ...``: RANK, WORLD_SIZE, LOCAL_RANK,
   MASTER_ADDR and MASTER_PORT come from torchrun; or
-* ``srun`` under Slurm (``slurm/run.slurm``, or a plain ``srun python -m ssdwb.train``):
+* ``srun`` under Slurm (``slurm/run.slurm``, or a plain ``srun python -m ssdwb train``):
   SLURM_PROCID, SLURM_STEP_NUM_TASKS (or SLURM_NTASKS) and SLURM_LOCALID give the rank, the world
   size and the local rank. MASTER_ADDR and MASTER_PORT come from the environment when set (the
   batch script exports them); otherwise they are derived the same way the batch script does it:

@@ -6,7 +6,7 @@
 The same as ``papermill notebooks/<name>.ipynb OUT -p ...`` with two differences that matter for
 batch jobs: values given with ``-p`` are parsed as JSON when they can be (``-p eval_at [1,2]``),
 and SIGTERM / SIGUSR1 sent to this process (Slurm's warning before a time limit or preemption)
-are passed on to the notebook's kernel, where ``ssdwb.train`` checkpoints and stops cleanly.
+are passed on to the notebook's kernel, where ``ssdwb.engine.loop`` checkpoints and stops cleanly.
 Plain papermill would die of SIGUSR1 and leave the kernel running unwarned.
 
 The kernel is ``python3`` (this interpreter, as ipykernel registers it); JupyterLab users get the
@@ -21,11 +21,11 @@ import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
-from ssdwb.runs import project_root
+from ssdwb.files import project_root
+from ssdwb.runtime import PROGRESS_BARS_ENV
 
 __all__ = ["NOTEBOOKS", "notebook_path", "execute", "parse_value"]
 
@@ -118,7 +118,6 @@ def execute(notebook: str | os.PathLike, output: str | os.PathLike, parameters: 
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     # The kernel inherits this process's environment: no tqdm widgets in a notebook nobody
     # watches (saved, they read "0%" in the report); train() prints a line per epoch instead.
-    from ssdwb.train import PROGRESS_BARS_ENV
 
     bars_before = os.environ.get(PROGRESS_BARS_ENV)
     os.environ[PROGRESS_BARS_ENV] = "0"
@@ -147,9 +146,3 @@ def parse_value(raw: str):
         return json.loads(raw)
     except json.JSONDecodeError:
         return raw
-
-
-if __name__ == "__main__":
-    from ssdwb.cli import main
-
-    sys.exit(main(["notebook", *sys.argv[1:]]))

@@ -48,7 +48,7 @@ class SGD(torch.optim.SGD):
                  weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
                  foreach: bool | None = None):
         if nesterov or maximize:
-            raise ValueError("ssdwb.optim.SGD: nesterov and maximize are not supported")
+            raise ValueError("ssdwb.engine.optim.SGD: nesterov and maximize are not supported")
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, foreach=foreach)
 
@@ -58,7 +58,7 @@ class SGD(torch.optim.SGD):
         if found_inf is None:  # no GradScaler (fp32, bf16) or a disabled one: stock SGD
             return _stock_step(self, closure)
         if any(g.get("nesterov") or g.get("maximize") for g in self.param_groups):
-            raise ValueError("ssdwb.optim.SGD: nesterov and maximize are not supported")
+            raise ValueError("ssdwb.engine.optim.SGD: nesterov and maximize are not supported")
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -2,7 +2,7 @@
 --ruleset 0.6.0`` reads it: ``:::MLL <unix time> <key>: {"value": ..., "metadata": {...}}``.
 
 Only rank 0 writes. Lines are appended and flushed one by one. Which events a run logs, and when,
-is ``ssdwb.runs.RunFolder``'s job (it also cuts the log back to a checkpoint's offset on resume,
+is ``ssdwb.runs.folder.RunFolder``'s job (it also cuts the log back to a checkpoint's offset on resume,
 so a resumed run continues one compliant log).
 """
 

@@ -19,7 +19,7 @@ since torch 2.9; it needs ``onnxscript``), opset 18. The legacy TorchScript expo
 with this model in torch 2.14, but is deprecated. The file carries its own description in its
 metadata (``ssdwb`` key, JSON): image size, mean and std, the class names and COCO category ids
 by label, the outputs, the checkpoint it came from, and the anchor design (``default_boxes``:
-``DefaultBoxes.to_dict()``, which ``ssdwb.anchors.default_boxes`` rebuilds).
+``DefaultBoxes.to_dict()``, which ``ssdwb.ssd.anchors.default_boxes`` rebuilds).
 
 :func:`check_onnx` runs the file with onnxruntime (CPU) next to torch; ``ssdwb export`` calls it
 and prints the largest difference. Running the file elsewhere (README, "Export"): resize to
@@ -37,6 +37,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ssdwb.data.transforms import MEAN, STD
+from ssdwb.files import atomic_write
+from ssdwb.runs.trained import load_trained
 
 __all__ = ["OnnxModel", "export_onnx", "check_onnx", "onnx_metadata", "OPSET"]
 
@@ -71,7 +75,6 @@ class OnnxModel(torch.nn.Module):
 
 
 def onnx_metadata(trained, checkpoint: str | os.PathLike, outputs: list[str]) -> dict:
-    from ssdwb.data.transforms import MEAN, STD
 
     return {"format": 1, "checkpoint": str(checkpoint), "image_size": trained.config.image_size,
             "mean": list(MEAN), "std": list(STD), "num_classes": trained.num_classes,
@@ -94,8 +97,6 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, decoded: 
     """
     import onnx
 
-    from ssdwb.predict import load_trained
-    from ssdwb.runs import atomic_write
 
     trained = load_trained(checkpoint, "cpu")
     wrapper = OnnxModel(trained.model, trained.coder if decoded else None).eval()
@@ -131,7 +132,6 @@ def check_onnx(onnx_path: str | os.PathLike, checkpoint: str | os.PathLike,
     largest absolute difference per output."""
     import onnxruntime as ort
 
-    from ssdwb.predict import load_trained
 
     trained = load_trained(checkpoint, "cpu")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

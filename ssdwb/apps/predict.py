@@ -34,134 +34,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ssdwb.data.transforms import normalize, val_transform
+from ssdwb.evaluation.coco_eval import detections_to_coco
+from ssdwb.files import atomic_write
+from ssdwb.runs.tensorboard import render_detections
+from ssdwb.runs.trained import load_trained
+from ssdwb.ssd.postprocess import postprocess
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trained", "load_trained", "class_info", "find_images", "predict", "IMAGE_SUFFIXES"]
+__all__ = ["find_images", "predict", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-
-
-@dataclass
-class Trained:
-    """A checkpoint's model, ready for inference.
-
-    Attributes:
-        model: ``SSD300`` in eval mode, on ``device``.
-        config: the run's ``TrainConfig``.
-        coder: ``BoxCoder`` on the default boxes it was trained with.
-        label_names: label (1..C-1) -> class name.
-        label_to_cat: label -> COCO category id.
-        classes_from: where the names came from (for messages).
-        device: where ``model`` is.
-    """
-
-    model: torch.nn.Module
-    config: object
-    coder: object
-    label_names: dict[int, str]
-    label_to_cat: dict[int, int]
-    classes_from: str
-    device: torch.device
-
-    @property
-    def num_classes(self) -> int:
-        return self.model.num_classes
-
-
-def _num_classes(state: dict, path, types_at_level0: int) -> int:
-    """Classes (background included) of an ``SSD300`` state dict: the first conf head has
-    ``types_at_level0 * C`` output channels (4 * C for the reference's default boxes)."""
-    weight = state.get("conf.0.weight")
-    if weight is None or weight.shape[0] % types_at_level0:
-        raise ValueError(f"{path}: the model weights hold no SSD300 class head (conf.0.weight) "
-                         f"for {types_at_level0} box types")
-    return weight.shape[0] // types_at_level0
-
-
-def model_from_checkpoint(ckpt: dict, path, num_classes: int | None = None):
-    """``(model, config, dboxes)`` of a loaded checkpoint: its anchor design (the reference's
-    for checkpoints written before designs existed), the ``SSD300`` built for it with the
-    weights loaded (on the CPU, train mode) and its ``TrainConfig``.
-
-    Args:
-        ckpt: ``ssdwb.runs.load_checkpoint(path)``.
-        num_classes: default: read from the weights.
-    """
-    from ssdwb.anchors import default_boxes
-    from ssdwb.config import TrainConfig
-    from ssdwb.model import build_model
-
-    config = TrainConfig.from_dict(ckpt["config"], str(path))
-    dboxes = default_boxes(ckpt.get("anchors"), f"{path} (anchors)")
-    if num_classes is None:
-        num_classes = _num_classes(ckpt["model"], path, dboxes.num_defaults_per_cell[0])
-    model = build_model(num_classes, dboxes, config.model_width, source=f"{path} (anchors)")
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise ValueError(f"{path}: the weights do not fit SSD300(width={config.model_width}, "
-                         f"num_classes={num_classes}, box types {dboxes.num_defaults_per_cell}): "
-                         f"{str(e).splitlines()[0]}") from e
-    return model, config, dboxes
-
-
-def _coco2017() -> tuple[dict[int, str], dict[int, int]]:
-    """COCO 2017's 80 categories in id order (the annotation files' order): torchvision ships
-    the names indexed by category id, with "N/A" at the 11 unused ids."""
-    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
-
-    names = FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]
-    ids = [i for i, n in enumerate(names) if i > 0 and n != "N/A"]
-    return ({k + 1: names[c] for k, c in enumerate(ids)}, {k + 1: c for k, c in enumerate(ids)})
-
-
-def class_info(checkpoint: dict, config, num_classes: int
-               ) -> tuple[dict[int, str], dict[int, int], str]:
-    """``(label -> name, label -> category id, source)`` for a checkpoint (module docstring)."""
-    want = num_classes - 1
-    saved = checkpoint.get("classes")
-    if isinstance(saved, (list, tuple)) and len(saved) == want:
-        return ({i + 1: str(c["name"]) for i, c in enumerate(saved)},
-                {i + 1: int(c["id"]) for i, c in enumerate(saved)}, "the checkpoint")
-    try:
-        from ssdwb.data import resolve_data
-        from ssdwb.data.coco import read_coco_json
-        from ssdwb.runs import resolve_path
-
-        paths = resolve_data(resolve_path(config.data_dir))
-        for key in ("val_ann", "train_ann"):
-            if paths[key].exists():
-                data, _ = read_coco_json(paths[key])
-                cats = data["categories"]
-                if len(cats) == want:  # labels follow the file's category order (CocoDetection)
-                    return ({i + 1: str(c["name"]) for i, c in enumerate(cats)},
-                            {i + 1: int(c["id"]) for i, c in enumerate(cats)}, str(paths[key]))
-    except (FileNotFoundError, ValueError) as e:
-        log.info("class names: the run's dataset is not usable here (%s)", e)
-    if want == 80:
-        names, cats = _coco2017()
-        return names, cats, "COCO 2017's 80 categories"
-    return ({i: f"class {i}" for i in range(1, num_classes)},
-            {i: i for i in range(1, num_classes)}, "numbered (no class names found)")
-
-
-def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> Trained:
-    """A checkpoint (``ssdwb.runs.load_checkpoint``: weights only, safe) -> :class:`Trained`."""
-    from ssdwb.box_coder import BoxCoder
-    from ssdwb.runs import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    model, config, dboxes = model_from_checkpoint(ckpt, path)
-    device = torch.device(device)
-    model.eval().to(device)
-    names, cats, source = class_info(ckpt, config, model.num_classes)
-    return Trained(model, config, BoxCoder(dboxes), names, cats, source, device)
 
 
 def find_images(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -189,7 +80,6 @@ class _Images(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        from PIL import Image
 
         try:
             with Image.open(self.files[i]) as im:
@@ -222,10 +112,7 @@ def _png_names(files: list[Path]) -> list[str]:
 
 
 def _save_png(path: Path, file: Path, rows: np.ndarray, names: dict[int, str]) -> None:
-    from PIL import Image
 
-    from ssdwb.runs import atomic_write
-    from ssdwb.tensorboard import render_detections
 
     with Image.open(file) as im:
         pixels = render_detections(im.convert("RGB"), rows, names, max_side=1280)
@@ -251,12 +138,7 @@ def predict(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike],
         ``{"images": decoded count, "detections": rows written, "skipped": [(file, reason)],
         "out": out folder, "classes_from": where the class names came from}``.
     """
-    from tqdm.auto import tqdm
 
-    from ssdwb.data.transforms import normalize, val_transform
-    from ssdwb.detect import postprocess
-    from ssdwb.evaluate import detections_to_coco
-    from ssdwb.runs import atomic_write
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

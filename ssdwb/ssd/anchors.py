@@ -11,7 +11,7 @@ The reference clamps all four ``xywh`` components to [0, 1] and derives ``ltrb``
 reference computed in Python doubles and stored float32, which is what we do too (computing in
 float64, rounding once).
 
-A design other than the reference's (``ssdwb anchors fit``, ``ssdwb.anchor_fit``) keeps the
+A design other than the reference's (``ssdwb anchors fit``, ``ssdwb.lab.anchor_fit``) keeps the
 grids (feature sizes, steps) and lists its box types per level explicitly as (w, h) in pixels
 (``box_types``) instead of deriving them from scales and aspect ratios. Designs travel as plain
 dicts (:meth:`DefaultBoxes.to_dict`, a design JSON file, a checkpoint's ``"anchors"``);
@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torchvision.ops import box_iou
+
+from ssdwb.files import atomic_json, resolve_path
 
 __all__ = ["DefaultBoxes", "dboxes300_coco", "default_boxes", "load_design", "save_design",
            "coverage", "coverage_summary", "SIZE_BINS", "DESIGN_FORMAT"]
@@ -232,7 +235,6 @@ def load_design(path: str | os.PathLike) -> DefaultBoxes:
 
 def save_design(dboxes: DefaultBoxes, path: str | os.PathLike, **extra) -> Path:
     """Writes ``dboxes.to_dict()`` (plus ``extra`` keys, e.g. a fit report) atomically."""
-    from ssdwb.runs import atomic_json
 
     atomic_json({**dboxes.to_dict(), **extra}, path, indent=1)
     return Path(path)
@@ -247,7 +249,6 @@ def default_boxes(spec: str | os.PathLike | dict | None = "reference",
         return dboxes300_coco()
     if isinstance(spec, dict):
         return DefaultBoxes.from_dict(spec, source)
-    from ssdwb.runs import resolve_path
 
     return load_design(resolve_path(spec))
 
@@ -271,7 +272,6 @@ def coverage(dboxes: DefaultBoxes, gt_boxes: torch.Tensor, iou_threshold: float 
         (Tensor[N] int64), ``covered`` (Tensor[N] bool) and ``num_above`` (Tensor[N] int64, priors
         with IoU above the threshold, i.e. positives before the forced match).
     """
-    from torchvision.ops import box_iou
 
     gt = gt_boxes.to(torch.float32).reshape(-1, 4)
     level_of = dboxes.level_of()

@@ -1,12 +1,12 @@
 """TensorBoard event files for a training run: ``tensorboard --logdir runs`` while jobs run.
 
-Rank 0's :class:`ssdwb.runs.RunFolder` owns one :class:`TensorBoardLog` and calls it at its named
+Rank 0's :class:`ssdwb.runs.folder.RunFolder` owns one :class:`TensorBoardLog` and calls it at its named
 points; the event files go into the run folder itself (``runs/<id>/events.out.tfevents.*``), so
 TensorBoard lists each run under its run id. What is written, at step = training iteration:
 
 * ``train/loss``, ``train/lr``, ``train/images_per_s``, ``train/epoch``: every log interval (the
   values of the ``metrics.jsonl`` line);
-* ``eval/<stat>`` for the 12 COCO stats of ``ssdwb.evaluate.STAT_KEYS``: at every evaluation;
+* ``eval/<stat>`` for the 12 COCO stats of ``ssdwb.evaluation.coco_eval.STAT_KEYS``: at every evaluation;
 * ``val/<file name>``: a few val images (the first ``num_images`` of the val annotation file)
   with the evaluation's detections (score >= ``min_score``, at most ``max_boxes``, labelled) and
   the ground truth dashed in white, drawn with ``ssdwb.plots.draw_boxes``.
@@ -31,6 +31,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from ssdwb.data import resolve_data
+from ssdwb.data.coco import read_coco_json
+from ssdwb.evaluation.coco_eval import STAT_KEYS
+from ssdwb.plots import draw_boxes, show_sample
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +103,6 @@ class TensorBoardLog:
         category_id in COCO pixels) is given, the val images with their detections."""
         if not self.enabled:
             return
-        from ssdwb.evaluate import STAT_KEYS
 
         self.scalars(iteration, "eval", {k: stats[k] for k in STAT_KEYS if k in stats})
         if results is not None and self.num_images > 0 and not self._images_failed:
@@ -119,8 +124,6 @@ class TensorBoardLog:
         """The first ``num_images`` val images: ids, paths, GT boxes (x1, y1, x2, y2 pixels) and
         the category names by id. Read once: COCO's val file is 25 MB of JSON."""
         if self._val is None:
-            from ssdwb.data import resolve_data
-            from ssdwb.data.coco import read_coco_json
 
             if self.config is None:
                 raise ValueError("no config: the val images are unknown")
@@ -139,7 +142,6 @@ class TensorBoardLog:
         return self._val
 
     def _add_val_images(self, step: int, results: np.ndarray) -> None:
-        from PIL import Image
 
         ids, files, gts, names = self._val_images()
         for image_id, file, gt in zip(ids, files, gts):
@@ -169,7 +171,6 @@ def render_detections(image, rows: np.ndarray, names: dict[int, str] | None = No
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from ssdwb.plots import draw_boxes, show_sample
 
     w, h = image.size
     scale = min(1.0, max_side / max(w, h))

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.ops import box_iou
 
-from ssdwb.anchors import DefaultBoxes
+from ssdwb.ssd.anchors import DefaultBoxes
 
 __all__ = ["BoxCoder", "GridIoU", "offsets", "offset_constants", "ltrb_to_xywh"]
 

@@ -39,7 +39,7 @@ remove the second).
 
 Every entry carries its prior (default-box) index from the score filter to the output, so
 ``return_index=True`` adds it to each image's detections at the cost of one more ``split``:
-``ssdwb.attribution.prior_cells`` turns it into (level, box type, row, column)
+``ssdwb.lab.attribution.prior_cells`` turns it into (level, box type, row, column)
 (``bench/bench_postprocess.py`` times both forms against the one before the index).
 """
 
@@ -51,8 +51,8 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-from ssdwb.anchors import DefaultBoxes
-from ssdwb.box_coder import BoxCoder
+from ssdwb.ssd.anchors import DefaultBoxes
+from ssdwb.ssd.box_coder import BoxCoder
 
 __all__ = ["postprocess", "Detections", "STRATEGIES"]
 

@@ -511,7 +511,7 @@ def plot_error_trends(runs, area: str = "all", axes=None):
     """:func:`error_costs` over epochs, one panel per quantity and one line per run.
 
     Args:
-        runs: ``ssdwb.runs.Run`` objects; eval lines without ``errors`` are skipped.
+        runs: ``ssdwb.runs.reader.Run`` objects; eval lines without ``errors`` are skipped.
     """
     import matplotlib.pyplot as plt
 

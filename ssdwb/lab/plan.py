@@ -59,6 +59,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ssdwb.config import TrainConfig
+
 __all__ = ["TRAIN_IMAGES", "PARAMETERS", "System", "SYSTEMS", "Published", "DELL_V07",
            "V07_EVAL_EPOCHS", "Assumptions", "SSDWB", "DELL_FIT_PROFILE", "epochs_needed",
            "epochs_to_target", "ring_allreduce_s", "step_time", "predict_system", "fit_dell",
@@ -110,7 +112,6 @@ DELL_V07 = (Published(System("C4140 (512)", 1, 4, 128), 2297.0, 43.87),
 
 
 def _ssdwb_eval_epochs() -> tuple[int, ...]:
-    from ssdwb.config import TrainConfig
 
     config = TrainConfig()
     return tuple(sorted({*config.eval_epochs(TRAIN_IMAGES), config.epochs}))

@@ -1,0 +1,203 @@
+"""The set-up stages of a training run, each returning plain objects: the config (fresh or from a
+checkpoint), the devices and precision, the run folder, the data, and the model with its loss and
+optimiser. ``ssdwb.engine.loop.train`` calls them in this order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ssdwb.config import TrainConfig
+from ssdwb.data import CocoDetection, build_loader, resolve_data, train_transform, val_transform
+from ssdwb.engine.distributed import DistInfo, init_distributed
+from ssdwb.engine.optim import SGD
+from ssdwb.runs.checkpoint import load_checkpoint
+from ssdwb.runs.folder import RunFolder
+from ssdwb.runtime import resolve_amp, tune_cpu_allocator
+from ssdwb.ssd.anchors import DefaultBoxes, default_boxes, save_design
+from ssdwb.ssd.box_coder import BoxCoder
+from ssdwb.ssd.loss import MultiBoxLoss
+from ssdwb.ssd.model import build_model, check_design
+
+__all__ = ["Devices", "Data", "Parts", "load_config", "anchor_design", "setup_devices",
+           "open_run_folder", "build_data", "build_parts"]
+
+
+@dataclass(frozen=True)
+class Devices:
+    """Where and how this rank computes."""
+
+    dist: DistInfo
+    amp: str  # "off", "fp16" or "bf16" (``auto`` resolved)
+    amp_dtype: torch.dtype | None
+    encode_on: str  # "device" or "worker" (``auto`` resolved)
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+
+@dataclass(frozen=True)
+class Data:
+    """The datasets, their loaders and the box coder the train loader encodes with."""
+
+    train_ds: CocoDetection
+    val_ds: CocoDetection
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    coder: BoxCoder
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a step updates: the model (and its DDP wrapper, the model itself on one rank), the
+    loss, the optimiser and fp16's scaler."""
+
+    model: torch.nn.Module
+    ddp: torch.nn.Module
+    criterion: MultiBoxLoss
+    optimizer: SGD
+    scaler: torch.amp.GradScaler
+
+
+def load_config(config: TrainConfig | None, resume: str | os.PathLike | None,
+                overrides: list[str] | None) -> tuple[dict | None, TrainConfig]:
+    """``(checkpoint or None, config)``: the checkpoint's config when resuming, else ``config``;
+    ``overrides`` (``key=value``) applied on top."""
+    checkpoint = None
+    if resume is not None:
+        path = Path(resume) / "checkpoint.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+        checkpoint = load_checkpoint(path)
+        config = TrainConfig.from_dict(checkpoint["config"], str(path))
+    elif config is None:
+        raise ValueError("train() needs a config or a run folder to resume")
+    config = config.with_overrides(overrides or [])
+    if config.image_size != 300:
+        raise ValueError("image_size: only 300 is implemented (SSD300's default boxes and heads)")
+    return checkpoint, config
+
+
+def anchor_design(config: TrainConfig, checkpoint: dict | None, resume) -> DefaultBoxes:
+    """The run's default boxes. A resumed run keeps the design its checkpoint holds (the file
+    may have changed since); a bad design file fails here, before a run folder is made."""
+    if checkpoint is not None:
+        trained_with = checkpoint["config"].get("anchors", "reference")
+        if config.anchors != trained_with:
+            raise ValueError(f"anchors: a run keeps its anchor design; {resume} was trained with "
+                             f"{trained_with!r}, not {config.anchors!r} (start a new run for "
+                             f"another design)")
+    dboxes = default_boxes(checkpoint["anchors"] if checkpoint is not None
+                           and "anchors" in checkpoint else config.anchors)
+    check_design(dboxes, f"anchors={config.anchors}")
+    return dboxes
+
+
+def setup_devices(config: TrainConfig, checkpoint: dict | None, resume) -> Devices:
+    """The process group (NCCL on CUDA, gloo on CPU), per-device flags and the precision; a
+    resumed run must have as many ranks as the one that wrote its checkpoint."""
+    dist = init_distributed(config.device)
+    device = dist.device
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
+    amp = resolve_amp(config.amp, device)
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
+    encode_on = config.encode_on if config.encode_on != "auto" else (
+        "device" if device.type == "cuda" else "worker")
+    if checkpoint is not None:
+        saved = checkpoint.get("world_size", dist.world_size)
+        if saved != dist.world_size:
+            raise ValueError(
+                f"{Path(resume) / 'checkpoint.pt'}: written by {saved} ranks (global batch "
+                f"{checkpoint.get('global_batch')}), resumed with {dist.world_size}: the position "
+                f"in the epoch and the LR schedule depend on the global batch. Resume with "
+                f"{saved} ranks.")
+    return Devices(dist, amp, amp_dtype, encode_on)
+
+
+def open_run_folder(config: TrainConfig, resume, checkpoint: dict | None,
+                    dist: DistInfo) -> tuple[TrainConfig, RunFolder]:
+    """Rank 0 decides the run id and opens the folder (refusing one that holds another run);
+    every rank learns both. Returns the config with its ``run_id`` set."""
+    run_id = config.run_id or time.strftime("%Y%m%d-%H%M%S")
+    run = Path(resume) if resume is not None else Path(config.run_dir) / run_id
+    error = ""
+    if dist.is_main and checkpoint is None and RunFolder.existing_run(run):
+        try:
+            RunFolder.create(run, config.replace(run_id=run_id))
+        except FileExistsError as e:
+            error = str(e)
+    if dist.distributed:
+        box = [run_id, error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        run_id, error = box
+        run = Path(resume) if resume is not None else Path(config.run_dir) / run_id
+    if error:
+        raise FileExistsError(error)
+    config = config.replace(run_id=run_id)
+    folder = (RunFolder.resume(run, checkpoint, config, enabled=dist.is_main)
+              if checkpoint is not None else RunFolder.create(run, config, enabled=dist.is_main))
+    return config, folder
+
+
+def build_data(config: TrainConfig, devices: Devices, dboxes: DefaultBoxes) -> Data:
+    """The train and val datasets and their loaders. Persistent workers: no restart at every
+    epoch and eval (augmentations are seeded per sample, so that does not change what they
+    draw)."""
+    paths = resolve_data(config.data_dir)
+    train_ds = CocoDetection(paths["train_images"], paths["train_ann"],
+                             transform=train_transform(config.image_size, config.resize),
+                             skip_bad_images=config.skip_bad_images)
+    val_ds = CocoDetection(paths["val_images"], paths["val_ann"],
+                           transform=val_transform(config.image_size, config.resize))
+    coder = BoxCoder(dboxes)
+    train_loader = build_loader(train_ds, config.batch_size, train=True,
+                                num_workers=config.num_workers, seed=config.seed, coder=coder,
+                                encode_on=devices.encode_on, device=devices.device,
+                                persistent_workers=True)
+    val_loader = build_loader(val_ds, config.eval_batch_size, train=False,
+                              num_workers=config.num_workers, seed=config.seed,
+                              device=devices.device, persistent_workers=True)
+    if len(train_loader) == 0:
+        raise ValueError(f"{paths['train_ann']}: {len(train_ds)} images is less than one global "
+                         f"batch of {config.global_batch(devices.dist.world_size)}")
+    return Data(train_ds, val_ds, train_loader, val_loader, coder)
+
+
+def build_parts(config: TrainConfig, devices: Devices, num_classes: int,
+                dboxes: DefaultBoxes) -> Parts:
+    """SSD300 for ``dboxes`` on the device (NHWC with ``channels_last``), wrapped in DDP over
+    several ranks, the reference loss, SGD and fp16's GradScaler (disabled otherwise)."""
+    device = devices.device
+    model = build_model(num_classes, dboxes, config.model_width, config.backbone_weights,
+                        source=f"anchors={config.anchors}").to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ddp = (torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+        if devices.dist.distributed else model)
+    # ssdwb.engine.optim.SGD: stock SGD (the same numbers, tests/test_optim.py), except that
+    # under fp16's GradScaler it skips overflowing steps on the device instead of reading the
+    # inf flag on the host at every step (the fused SGD would too, but corrupts its momentum).
+    optimizer = SGD(model.parameters(), lr=0.0, momentum=config.momentum,
+                    weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=devices.amp == "fp16")
+    return Parts(model, ddp, MultiBoxLoss(dboxes).to(device), optimizer, scaler)
+
+
+def save_run_design(dboxes: DefaultBoxes, folder: RunFolder) -> None:
+    """The design as trained, in the run folder to look into (rank 0, fresh runs)."""
+    if folder.enabled:
+        save_design(dboxes, folder.path / "anchors.json")
