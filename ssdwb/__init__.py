@@ -2,7 +2,6 @@
 
 The names a notebook needs, imported on first use so that ``import ssdwb`` stays cheap (torch
 alone takes over a second)::
-
     import ssdwb
     config = ssdwb.preset("demo", epochs=2)
     summary = ssdwb.train(config)

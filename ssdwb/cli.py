@@ -18,7 +18,7 @@ from ssdwb.apps.notebooks import NOTEBOOKS, execute, parse_value
 from ssdwb.apps.predict import predict
 from ssdwb.apps.report import render_report
 from ssdwb.config import PRESETS, TrainConfig, demo_preset, preset
-from ssdwb.data import CocoDetection, build_loader, resolve_data, val_transform
+from ssdwb.data import CocoDetection, build_loader, resolve_data
 from ssdwb.data.download import DatasetError, download_coco, verify_coco
 from ssdwb.data.synthetic import DEMO_SHAPES, THIN_SHAPES, ensure_shapes, make_shapes_coco
 from ssdwb.data.verify import verify_decode
@@ -27,16 +27,14 @@ from ssdwb.evaluation.inference import evaluate
 from ssdwb.files import resolve_path
 from ssdwb.lab.anchor_fit import fit_design
 from ssdwb.lab.plan import SSDWB, SYSTEMS, format_plan, plan_table
-from ssdwb.runs.checkpoint import CheckpointError, convert_checkpoint, load_checkpoint
-from ssdwb.runs.trained import model_from_checkpoint
+from ssdwb.runs.checkpoint import CheckpointError, convert_checkpoint
+from ssdwb.runs.trained import load_trained
 from ssdwb.runtime import resolve_amp
 from ssdwb.ssd.anchors import save_design
-from ssdwb.ssd.box_coder import BoxCoder
 
 
 def _data(args) -> int:
     if args.data_cmd == "synth":
-
         shapes = {"demo": DEMO_SHAPES, "thin": THIN_SHAPES}.get(args.profile, {})
         out = make_shapes_coco(args.out_dir, args.train, args.val, seed=args.seed, **shapes)
         print(f"synthetic COCO-format dataset in {out}")
@@ -46,7 +44,6 @@ def _data(args) -> int:
         if args.data_cmd == "download":
             report = download_coco(args.datadir, keep_zips=not args.remove_zips)
         elif args.decode:
-
             report = verify_decode(args.datadir, workers=args.workers,
                                    check_zips=not args.skip_md5)
         else:
@@ -61,7 +58,6 @@ def _data(args) -> int:
 
 # --- train, eval, demo, report, notebook, checkpoint ------------------------------------------
 def _config_from_args(args):
-
     config = preset(args.preset) if args.preset else TrainConfig()
     if args.config:
         config = TrainConfig.load(args.config)
@@ -69,7 +65,6 @@ def _config_from_args(args):
 
 
 def _train(args) -> int:
-
     if args.resume:
         summary = train(resume=args.resume, overrides=args.set)
     else:
@@ -79,24 +74,13 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     """A checkpoint on a val split, through the evaluator training uses."""
-    import torch
-
-
-    ckpt = load_checkpoint(args.checkpoint)
-    config = TrainConfig.from_dict(ckpt["config"], args.checkpoint)
-    device = torch.device(args.device if args.device != "auto" else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp = resolve_amp(args.amp if args.amp else config.amp, device)
-    paths = resolve_data(args.data or config.data_dir)
-    ds = CocoDetection(paths["val_images"], paths["val_ann"],
-                       transform=val_transform(config.image_size, config.resize))
-    model, _, dboxes = model_from_checkpoint(ckpt, args.checkpoint, ds.num_classes)
-    model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    trained = load_trained(args.checkpoint, args.device)
+    ds = trained.val_dataset(args.data)
+    device, config = trained.device, trained.config
     loader = build_loader(ds, args.batch_size, train=False, num_workers=args.workers,
                           device=device)
-    stats, _ = evaluate(model, loader, BoxCoder(dboxes), ds, device, amp=amp,
+    stats, _ = evaluate(trained.with_layout(), loader, trained.coder, ds, device,
+                        amp=resolve_amp(args.amp or config.amp, device),
                         channels_last=config.channels_last, backend=args.backend, progress=True)
     print(json.dumps(stats, indent=1))
     return 0
@@ -143,8 +127,6 @@ def _demo(args) -> int:
 
 def _anchors(args) -> int:
     """``ssdwb anchors fit``: default boxes fitted to a dataset's GT boxes, as a design file."""
-
-
     paths = resolve_data(resolve_path(args.data))
     ds = CocoDetection(paths[f"{args.split}_images"], paths[f"{args.split}_ann"])
     gt = ds.all_boxes()
@@ -168,7 +150,6 @@ def _anchors(args) -> int:
 
 
 def _report(args) -> int:
-
     try:
         out = render_report(args.run_dir, args.out, show_code=args.show_code)
     except (FileNotFoundError, ValueError) as e:
@@ -179,7 +160,6 @@ def _report(args) -> int:
 
 
 def _notebook(args) -> int:
-
     params = {k: parse_value(v) for k, v in (args.parameter or [])}
     params.update({k: v for k, v in (args.parameter_raw or [])})
     execute(args.notebook, args.output, params, kernel_name=args.kernel,
@@ -188,7 +168,6 @@ def _notebook(args) -> int:
 
 
 def _checkpoint(args) -> int:
-
     try:
         out = convert_checkpoint(args.path, args.out)
     except (CheckpointError, FileNotFoundError) as e:
@@ -200,7 +179,6 @@ def _checkpoint(args) -> int:
 
 # --- use a trained model: predict, export; plan a cluster ------------------------------------
 def _predict(args) -> int:
-
     try:
         summary = predict(args.checkpoint, args.inputs, args.out, score=args.score,
                           device=args.device, batch_size=args.batch_size, workers=args.workers,
@@ -217,7 +195,6 @@ def _predict(args) -> int:
 
 
 def _export(args) -> int:
-
     try:
         out = export_onnx(args.checkpoint, args.onnx, decoded=args.decoded)
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:
@@ -237,7 +214,6 @@ def _export(args) -> int:
 
 
 def _plan(args) -> int:
-
     a = SSDWB.replace(overlap=args.overlap, inter_node_GBps=args.inter_node_gbps,
                       grad_bytes=2 if args.fp16_gradients else 4)
     if args.img_per_s_per_gpu is not None:
@@ -253,7 +229,6 @@ def _plan(args) -> int:
 
 
 def _add_use_subcommands(sub) -> None:
-
     pr = sub.add_parser("predict", help="run a checkpoint on images: detections.json and a PNG "
                         "with labelled boxes per image")
     pr.add_argument("--checkpoint", required=True)
@@ -292,7 +267,6 @@ def _add_use_subcommands(sub) -> None:
 
 
 def _add_run_subcommands(sub) -> None:
-
     tr = sub.add_parser("train", help="train (or resume) a run")
     tr.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset")
     tr.add_argument("--config", help="a config.json to start from")

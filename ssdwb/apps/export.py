@@ -75,7 +75,6 @@ class OnnxModel(torch.nn.Module):
 
 
 def onnx_metadata(trained, checkpoint: str | os.PathLike, outputs: list[str]) -> dict:
-
     return {"format": 1, "checkpoint": str(checkpoint), "image_size": trained.config.image_size,
             "mean": list(MEAN), "std": list(STD), "num_classes": trained.num_classes,
             "label_names": {str(k): v for k, v in trained.label_names.items()},

@@ -3,10 +3,9 @@
     ssdwb predict --checkpoint runs/<id>/checkpoint.pt photos/ street.jpg --out predictions/
     ssdwb predict --checkpoint C IMG... --score 0.5 --device cuda --batch-size 32
 
-The model is rebuilt from the checkpoint's own config (``model_width``, ``image_size``,
-``resize``) with the number of classes its weights hold, on the default boxes it was trained
-with (the checkpoint's anchor design; ``dboxes300_coco`` for older checkpoints). Images go
-through the evaluation path: ``val_transform`` (PIL bilinear resize to 300x300),
+The model, its default boxes and its class names come from ``ssdwb.runs.trained.load_trained``
+(as for ``ssdwb eval``, ``ssdwb export`` and the attribution). Images go through the evaluation
+path: ``val_transform`` (PIL bilinear resize to 300x300),
 ``normalize`` on the model's device, the model, then ``postprocess`` with ``--score`` as its
 score threshold (greedy NMS keeps a box because of higher-scoring boxes only, so filtering at
 0.3 before NMS keeps exactly the detections above 0.3 that filtering at 0.05 and dropping the
@@ -19,11 +18,6 @@ What lands in ``--out``:
   added to every row; ``image_id`` is the image's position in the input list, from 1.
 * ``<name>.png`` per image: the image with labelled boxes (``ssdwb.plots.draw_boxes``), its
   longer side at most 1280 pixels.
-
-Class names and COCO category ids, in this order: a ``classes`` list saved in the checkpoint,
-the categories of the run's val (or train) annotation file when it is still at the config's
-``data_dir`` and has as many classes as the weights, COCO 2017's 80 categories for an 81-class
-model, and otherwise ``class N`` with category id N.
 
 An unreadable or missing image is reported by name and skipped; the others still run, and the
 command then exits with status 1.
@@ -80,7 +74,6 @@ class _Images(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-
         try:
             with Image.open(self.files[i]) as im:
                 image = im.convert("RGB")
@@ -138,10 +131,6 @@ def predict(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike],
         ``{"images": decoded count, "detections": rows written, "skipped": [(file, reason)],
         "out": out folder, "classes_from": where the class names came from}``.
     """
-
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     files = find_images(inputs)
     if not files:
         raise FileNotFoundError(f"no images in {[str(p) for p in inputs]} (looked for "

@@ -1,7 +1,6 @@
 """COCO 2017 download (resumable, md5-verified), extraction and verification.
 
 ``ssdwb data download DATADIR`` leaves::
-
     DATADIR/train2017/*.jpg (118,287)  DATADIR/val2017/*.jpg (5,000)
     DATADIR/annotations/instances_train2017.json, instances_val2017.json, ...
 

@@ -1,7 +1,6 @@
 """A synthetic COCO-format detection dataset: coloured shapes on textured, noisy backgrounds.
 
 Layout mirrors COCO's, so the same code reads both::
-
     OUT_DIR/train/000000000001.jpg ...   OUT_DIR/val/...
     OUT_DIR/annotations/instances_train.json, instances_val.json
 

@@ -81,6 +81,5 @@ def evaluate(model, loader, coder, dataset, device, world_size: int = 1, amp: st
         return None, None
     stats = coco_eval(dataset.coco, results, backend)
     if errors:
-
         stats["errors"] = errors_summary(error_analysis(dataset.coco, results))
     return stats, results

@@ -22,16 +22,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ssdwb.data import CocoDetection, build_loader, resolve_data, val_transform
+from ssdwb.data import build_loader
 from ssdwb.evaluation.coco_eval import coco_eval
 from ssdwb.evaluation.error_analysis import AREA_RANGES, AREAS, detection_outcomes
 from ssdwb.evaluation.inference import infer
-from ssdwb.runs.checkpoint import load_checkpoint
 from ssdwb.runs.reader import load_run
-from ssdwb.runs.trained import model_from_checkpoint
+from ssdwb.runs.trained import load_trained
 from ssdwb.runtime import resolve_amp
 from ssdwb.ssd.anchors import DefaultBoxes, coverage
-from ssdwb.ssd.box_coder import BoxCoder
 
 __all__ = ["prior_cells", "box_type_names", "attribution", "uncaught_gt", "infer_run",
            "plot_attribution"]
@@ -224,22 +222,17 @@ def infer_run(run, device: str = "cpu", batch_size: int | None = None,
     """
 
     run = load_run(run) if not hasattr(run, "path") else run
-    ckpt = load_checkpoint(run.path / "checkpoint.pt")
-    model, config, dboxes = model_from_checkpoint(ckpt, run.path / "checkpoint.pt")
-    paths = resolve_data(data_dir or config.data_dir)
-    ds = CocoDetection(paths["val_images"], paths["val_ann"],
-                       transform=val_transform(config.image_size, config.resize))
-    dev = torch.device(device)
-    model.to(dev)
-    if config.channels_last:  # the run's precision and layout, as its evaluations had
-        model = model.to(memory_format=torch.channels_last)
+    trained = load_trained(run.path / "checkpoint.pt", device)
+    ds = trained.val_dataset(data_dir)
+    config = trained.config
     loader = build_loader(ds, batch_size or config.eval_batch_size, train=False, num_workers=0,
-                          device=dev)
-    results, _, priors = infer(model, loader, BoxCoder(dboxes), ds.label_to_cat, dev,
-                               resolve_amp(config.amp, dev), config.channels_last,
-                               with_priors=True)
-    return {"epoch": int(ckpt["epoch"]), "results": results, "priors": priors,
-            "dboxes": dboxes, "dataset": ds}
+                          device=trained.device)
+    # the run's precision and layout, as its evaluations had
+    results, _, priors = infer(trained.with_layout(), loader, trained.coder, ds.label_to_cat,
+                               trained.device, resolve_amp(config.amp, trained.device),
+                               config.channels_last, with_priors=True)
+    return {"epoch": trained.epoch, "results": results, "priors": priors,
+            "dboxes": trained.dboxes, "dataset": ds}
 
 
 def plot_attribution(table, title: str, axes=None):

@@ -30,8 +30,6 @@ class CheckpointError(ValueError):
 
 def rng_state() -> dict:
     """This process's RNG states as tensors and plain containers (safe to load)."""
-
-
     version, mt, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"torch": torch.get_rng_state(),
@@ -61,8 +59,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     only, so a crafted file cannot run code. Raises ``CheckpointError`` (naming the file) for a
     file that holds anything else, such as a checkpoint of ssdwb's first format (numpy RNG
     states), which ``ssdwb checkpoint convert`` rewrites once the user says they trust it."""
-
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint there")
@@ -95,7 +91,6 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = N
 
     def safe(state):
         if "numpy" in state and isinstance(state["numpy"], tuple):
-
             name, keys, pos, has_gauss, cached = state["numpy"]
             version, mt, gauss = state["python"]
             state = {**state, "numpy": {"name": name, "keys": torch.from_numpy(

@@ -44,7 +44,6 @@ class RunFolder:
     """
 
     def __init__(self, path: str | os.PathLike, enabled: bool = True):
-
         self.path = Path(path)
         self.enabled = enabled
         self.mlperf = MLPerfLogger(self.path / "mlperf.log", enabled=enabled)
@@ -61,7 +60,6 @@ class RunFolder:
 
     @classmethod
     def create(cls, path: str | os.PathLike, config, enabled: bool = True) -> RunFolder:
-
         folder = cls(path, enabled)
         if enabled:
             found = cls.existing_run(folder.path)
@@ -78,7 +76,6 @@ class RunFolder:
     @classmethod
     def resume(cls, path: str | os.PathLike, checkpoint: dict, config,
                enabled: bool = True) -> RunFolder:
-
         folder = cls(path, enabled)
         if enabled:
             folder.write_config(config)

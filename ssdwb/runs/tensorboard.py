@@ -124,7 +124,6 @@ class TensorBoardLog:
         """The first ``num_images`` val images: ids, paths, GT boxes (x1, y1, x2, y2 pixels) and
         the category names by id. Read once: COCO's val file is 25 MB of JSON."""
         if self._val is None:
-
             if self.config is None:
                 raise ValueError("no config: the val images are unknown")
             paths = resolve_data(self.config.data_dir)
@@ -142,7 +141,6 @@ class TensorBoardLog:
         return self._val
 
     def _add_val_images(self, step: int, results: np.ndarray) -> None:
-
         ids, files, gts, names = self._val_images()
         for image_id, file, gt in zip(ids, files, gts):
             rows = results[results[:, 0] == image_id] if len(results) else results.reshape(0, 7)

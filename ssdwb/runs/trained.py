@@ -16,16 +16,17 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
 from ssdwb.config import TrainConfig
-from ssdwb.data import resolve_data
+from ssdwb.data import CocoDetection, resolve_data, val_transform
 from ssdwb.data.coco import read_coco_json
 from ssdwb.files import resolve_path
 from ssdwb.runs.checkpoint import load_checkpoint
-from ssdwb.ssd.anchors import default_boxes
+from ssdwb.ssd.anchors import DefaultBoxes, default_boxes
 from ssdwb.ssd.box_coder import BoxCoder
 from ssdwb.ssd.model import build_model
 
@@ -46,19 +47,45 @@ class Trained:
         label_to_cat: label -> COCO category id.
         classes_from: where the names came from (for messages).
         device: where ``model`` is.
+        epoch: the epochs the checkpoint had finished.
+        path: the checkpoint file.
     """
 
     model: torch.nn.Module
-    config: object
-    coder: object
+    config: TrainConfig
+    coder: BoxCoder
     label_names: dict[int, str]
     label_to_cat: dict[int, int]
     classes_from: str
     device: torch.device
+    epoch: int
+    path: Path
 
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+    @property
+    def dboxes(self) -> DefaultBoxes:
+        return self.coder.dboxes
+
+    def val_dataset(self, data_dir: str | os.PathLike | None = None) -> CocoDetection:
+        """The val split of ``data_dir`` (default: the run's) through the run's val transform;
+        refused when its classes are not the model's."""
+        paths = resolve_data(data_dir or self.config.data_dir)
+        ds = CocoDetection(paths["val_images"], paths["val_ann"],
+                           transform=val_transform(self.config.image_size, self.config.resize))
+        if ds.num_classes != self.num_classes:
+            raise ValueError(f"{paths['val_ann']}: {ds.num_classes - 1} categories, but "
+                             f"{self.path} was trained on {self.num_classes - 1}")
+        return ds
+
+    def with_layout(self) -> torch.nn.Module:
+        """The model in the run's memory layout (NHWC with ``channels_last``), as its
+        evaluations ran it."""
+        if self.config.channels_last:
+            return self.model.to(memory_format=torch.channels_last)
+        return self.model
 
 
 def _num_classes(state: dict, path, types_at_level0: int) -> int:
@@ -113,7 +140,6 @@ def class_info(checkpoint: dict, config, num_classes: int
         return ({i + 1: str(c["name"]) for i, c in enumerate(saved)},
                 {i + 1: int(c["id"]) for i, c in enumerate(saved)}, "the checkpoint")
     try:
-
         paths = resolve_data(resolve_path(config.data_dir))
         for key in ("val_ann", "train_ann"):
             if paths[key].exists():
@@ -132,11 +158,14 @@ def class_info(checkpoint: dict, config, num_classes: int
 
 
 def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> Trained:
-    """A checkpoint (``load_checkpoint``: weights only, safe) -> :class:`Trained`."""
-
+    """A checkpoint (``load_checkpoint``: weights only, safe) -> :class:`Trained`, the model in
+    eval mode on ``device`` (``"auto"``: CUDA when there is one)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     ckpt = load_checkpoint(path)
     model, config, dboxes = model_from_checkpoint(ckpt, path)
     device = torch.device(device)
     model.eval().to(device)
     names, cats, source = class_info(ckpt, config, model.num_classes)
-    return Trained(model, config, BoxCoder(dboxes), names, cats, source, device)
+    return Trained(model, config, BoxCoder(dboxes), names, cats, source, device,
+                   int(ckpt.get("epoch", 0)), Path(path))
