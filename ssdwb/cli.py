@@ -1,8 +1,5 @@
-"""The ``ssdwb`` command, every subcommand of the project: ``ssdwb data {synth,download,verify}``,
-``ssdwb anchors fit``, ``ssdwb train``, ``ssdwb eval``, ``ssdwb demo``, ``ssdwb report``,
-``ssdwb notebook``, ``ssdwb checkpoint convert``, ``ssdwb predict``, ``ssdwb export``,
-``ssdwb plan``. Thin: each subcommand parses flags and calls the package.
-``python -m ssdwb.engine.loop ...`` is ``ssdwb train ...``."""
+"""The ``ssdwb`` command. Each subcommand parses its flags and calls one function of the package;
+``python -m ssdwb ...`` and ``python -m ssdwb.cli ...`` are the same command."""
 
 from __future__ import annotations
 
@@ -17,7 +14,7 @@ from ssdwb.apps.export import check_onnx, export_onnx
 from ssdwb.apps.notebooks import NOTEBOOKS, execute, parse_value
 from ssdwb.apps.predict import predict
 from ssdwb.apps.report import render_report
-from ssdwb.config import PRESETS, TrainConfig, demo_preset, preset
+from ssdwb.config import PRESETS, TrainConfig, demo_preset, describe_fields, preset
 from ssdwb.data import CocoDetection, build_loader, resolve_data
 from ssdwb.data.download import DatasetError, download_coco, verify_coco
 from ssdwb.data.synthetic import DEMO_SHAPES, THIN_SHAPES, ensure_shapes, make_shapes_coco
@@ -62,6 +59,12 @@ def _config_from_args(args):
     if args.config:
         config = TrainConfig.load(args.config)
     return config.with_overrides(args.set or [])
+
+
+def _config(args) -> int:
+    config = preset(args.preset) if args.preset else TrainConfig()
+    print(json.dumps(config.to_dict(), indent=2) if args.json else describe_fields(config))
+    return 0
 
 
 def _train(args) -> int:
@@ -229,8 +232,9 @@ def _plan(args) -> int:
 
 
 def _add_use_subcommands(sub) -> None:
-    pr = sub.add_parser("predict", help="run a checkpoint on images: detections.json and a PNG "
-                        "with labelled boxes per image")
+    pr = sub.add_parser("predict", help="run a trained checkpoint on your images",
+                        description="Run a checkpoint on images: detections.json and a PNG with "
+                        "labelled boxes per image.")
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     pr.add_argument("--out", default="predictions", help="output folder (default: predictions)")
@@ -240,15 +244,17 @@ def _add_use_subcommands(sub) -> None:
     pr.add_argument("--workers", type=int, default=2, help="loader processes decoding images")
     pr.add_argument("--no-png", action="store_true", help="only detections.json")
     pr.set_defaults(func=_predict)
-    ex = sub.add_parser("export", help="a checkpoint to ONNX (dynamic batch), checked with "
-                        "onnxruntime")
+    ex = sub.add_parser("export", help="export a checkpoint to ONNX",
+                        description="A checkpoint to ONNX (dynamic batch), checked with "
+                        "onnxruntime.")
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
     ex.add_argument("--decoded", action="store_true",
                     help="also output the decoded boxes and the softmax scores (before NMS)")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     ex.set_defaults(func=_export)
-    pl = sub.add_parser("plan", help="minutes to 0.23 mAP on 1-16 C4140 nodes (fitted to Dell "
+    pl = sub.add_parser("plan", help="estimate the minutes to 0.23 mAP on 1-16 C4140 nodes",
+                        description="Minutes to 0.23 mAP on 1-16 C4140 nodes (fitted to Dell "
                         "EMC's MLPerf v0.7 results)")
     pl.add_argument("--system", choices=list(SYSTEMS), help="one system (default: all)")
     pl.add_argument("--img-per-s-per-gpu", type=float, metavar="X",
@@ -267,14 +273,20 @@ def _add_use_subcommands(sub) -> None:
 
 
 def _add_run_subcommands(sub) -> None:
-    tr = sub.add_parser("train", help="train (or resume) a run")
+    tr = sub.add_parser("train", help="train a run, or resume one",
+                        description="Train a run (or resume one). The config starts from the "
+                        "reference defaults, a --preset or a --config file; --set changes fields.",
+                        epilog="config fields (name, type, default, why; `ssdwb config --preset "
+                        "NAME` shows a preset's values):\n" + describe_fields(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset")
     tr.add_argument("--config", help="a config.json to start from")
-    tr.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+    tr.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                    help="change config fields (listed below)")
     tr.add_argument("--resume", metavar="RUN_DIR",
                     help="continue the run in RUN_DIR (--set then changes its config)")
     tr.set_defaults(func=_train)
-    ev = sub.add_parser("eval", help="evaluate a checkpoint on a val split")
+    ev = sub.add_parser("eval", help="score a checkpoint on a val split (COCO mAP)")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", help="dataset folder (default: the run's data_dir)")
     ev.add_argument("--backend", default="faster-coco-eval",
@@ -285,14 +297,16 @@ def _add_run_subcommands(sub) -> None:
     ev.add_argument("--amp", choices=["off", "fp16", "bf16", "auto"],
                     help="default: the run's amp setting")
     ev.set_defaults(func=_eval)
-    demo = sub.add_parser("demo", help="the training notebook with the demo preset on the "
+    demo = sub.add_parser("demo", help="train on the synthetic set and write an HTML report",
+                          description="The training notebook with the demo preset on the "
                           "synthetic dataset, then the run's HTML report")
     demo.add_argument("--data", default="data/shapes", help="generated there on first use")
     demo.add_argument("--run-dir", default="runs")
     demo.add_argument("--run-id", default="", help="default: demo-<timestamp>")
     demo.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="change preset fields")
     demo.set_defaults(func=_demo)
-    rep = sub.add_parser("report", help="a run's executed notebooks -> runs/<id>/report.html")
+    rep = sub.add_parser("report", help="render a run's HTML report",
+                         description="A run's executed notebooks -> runs/<id>/report.html.")
     rep.add_argument("run_dir")
     rep.add_argument("--out", help="default: RUN_DIR/report.html")
     rep.add_argument("--show-code", action="store_true", help="keep the code of every cell")
@@ -308,7 +322,13 @@ def _add_run_subcommands(sub) -> None:
     nb.add_argument("--no-progress", action="store_true")
     nb.add_argument("--log-output", action="store_true", help="echo what the cells print")
     nb.set_defaults(func=_notebook)
-    ck = sub.add_parser("checkpoint", help="checkpoint files")
+    cf = sub.add_parser("config", help="list the training config fields and their values",
+                        description="Every TrainConfig field: name, type, value and why.")
+    cf.add_argument("--preset", choices=sorted(PRESETS), help="a preset's values (default: the "
+                    "reference defaults)")
+    cf.add_argument("--json", action="store_true", help="the values as JSON (a --config file)")
+    cf.set_defaults(func=_config)
+    ck = sub.add_parser("checkpoint", help="convert an older checkpoint to the safe format")
     cksub = ck.add_subparsers(dest="checkpoint_cmd", required=True)
     conv = cksub.add_parser("convert", help="rewrite an older ssdwb checkpoint in the safe "
                             "format (unpickles it fully: only for files you trust)")
@@ -317,11 +337,22 @@ def _add_run_subcommands(sub) -> None:
     ck.set_defaults(func=_checkpoint)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ssdwb", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+class _OneLinePerCommand(argparse.HelpFormatter):
+    """A help column wide enough for the longest subcommand (argparse measures the names one
+    indent short and would put ``checkpoint``'s help on a line of its own)."""
 
-    data = sub.add_parser("data", help="datasets: synthetic, COCO download and verification")
+    def add_argument(self, action):
+        super().add_argument(action)
+        self._action_max_length = max(self._action_max_length, 16)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ssdwb", description="ssdwb: train, evaluate and look "
+                                 "into SSD300-ResNet34 detectors (MLPerf single_stage_detector).",
+                                 formatter_class=_OneLinePerCommand)
+    sub = ap.add_subparsers(dest="cmd", required=True, title="commands", metavar="COMMAND")
+
+    data = sub.add_parser("data", help="make, download or verify a dataset")
     dsub = data.add_subparsers(dest="data_cmd", required=True)
     synth = dsub.add_parser("synth", help="write the synthetic shapes dataset")
     synth.add_argument("out_dir")
@@ -345,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="decoding processes for --decode (default: one per CPU)")
     data.set_defaults(func=_data)
 
-    anc = sub.add_parser("anchors", help="default boxes: fit a design to a dataset")
+    anc = sub.add_parser("anchors", help="fit default boxes to a dataset")
     asub = anc.add_subparsers(dest="anchors_cmd", required=True)
     fit = asub.add_parser("fit", help="search box types per level for a dataset's GT boxes "
                           "(coverage at IoU > 0.5 per COCO size, worst size weighted up) and "
@@ -364,10 +395,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_subcommands(sub)
     _add_use_subcommands(sub)
     return ap
-
-
-SUBCOMMANDS = ("data", "anchors", "train", "eval", "demo", "report", "notebook", "checkpoint",
-               "predict", "export", "plan")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,16 +14,23 @@ for evaluation: 120k..240k -> epochs 33, 44, 50, 55, 61, 66 on COCO's 117,266 tr
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import io
 import json
 import math
 import os
+import textwrap
+import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssdwb.files import atomic_json
 from ssdwb.runtime import cpu_class
 
-__all__ = ["TrainConfig", "PRESETS", "DEMO_PRESETS", "preset", "demo_preset"]
+__all__ = ["TrainConfig", "PRESETS", "DEMO_PRESETS", "preset", "demo_preset", "field_reasons",
+           "describe_fields"]
 
 REF_BATCH = 32
 
@@ -32,7 +39,7 @@ REF_BATCH = 32
 class TrainConfig:
     # data
     data_dir: str = "data/coco"  # COCO 2017 (train2017/, val2017/, annotations/) or synthetic layout
-    image_size: int = 300  # SSD300
+    image_size: int = 300  # input side in pixels: SSD300 (the only size implemented)
     num_workers: int = 4  # loader processes per rank
     resize: str = "pil"  # pil: the reference's pixels | tensor: torch's kernel, 1 ms/image less
     skip_bad_images: bool = True  # training: an unreadable image is counted and replaced, not fatal
@@ -49,20 +56,21 @@ class TrainConfig:
     lr: float = 2.5e-3  # base LR for a global batch of 32, scaled by lr_scaling
     lr_scaling: str = "linear"  # linear: lr*gbs/32 | dell: 2.5e-3*max(1, round(lr/2.5e-3*gbs/32))
     warmup: int = 300  # linear warmup iterations from 0 (NVIDIA 300, Dell 650)
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD momentum (SPEC.md)
     weight_decay: float = 5e-4  # reference; Dell's configs use 1.3e-4 to 1.6e-4
     schedule_unit: str = "ref_iters"  # unit of lr_decay_at and eval_at: ref_iters | epochs
-    lr_decay_at: list[float] = field(default_factory=lambda: [160_000, 200_000])
-    lr_decay_factor: float = 0.1
+    lr_decay_at: list[float] = field(  # LR x lr_decay_factor at each point, in schedule_unit
+        default_factory=lambda: [160_000, 200_000])
+    lr_decay_factor: float = 0.1  # LR multiplier at each lr_decay_at point
     grad_clip_norm: float = 0.0  # >0: clip the global gradient norm to this; 0 = off (reference)
-    eval_at: list[float] = field(
+    eval_at: list[float] = field(  # evaluations (ref_iters: COCO epochs 33, 44, 50, 55, 61, 66)
         default_factory=lambda: [120_000, 160_000, 180_000, 200_000, 220_000, 240_000])
-    epochs: int = 70  # at most (80 for 1xC4140)
+    epochs: int = 70  # the most epochs to train (reference 70; 80 for 1xC4140)
     target_map: float = 0.23  # stop when COCO mAP@[.5:.95] reaches it
-    seed: int = 1
+    seed: int = 1  # initial weights, data order and augmentations: same seed, same run
     # evaluation
-    eval_batch_size: int = 160
-    eval_backend: str = "faster-coco-eval"  # or pycocotools; same numbers
+    eval_batch_size: int = 160  # images per process per evaluation step (Dell: 160)
+    eval_backend: str = "faster-coco-eval"  # COCO scorer, or pycocotools (the same numbers)
     # run bookkeeping
     run_dir: str = "runs"  # parent of run folders
     run_id: str = ""  # empty: a timestamp
@@ -72,8 +80,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     encode_on: str = "auto"  # worker | device | auto (worker on CPU, device on CUDA)
     # MLPerf submission metadata
-    submission_org: str = "ssdwb"
-    submission_platform: str = "unknown"
+    submission_org: str = "ssdwb"  # the MLPerf log's submission_org
+    submission_platform: str = "unknown"  # the MLPerf log's platform (Slurm: the system name)
 
     def __post_init__(self) -> None:
         # Every way in (TrainConfig(...), presets, from_dict/load, with_overrides, the training
@@ -131,10 +139,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
+        atomic_json(self.to_dict(), path, indent=2)
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
@@ -335,3 +340,30 @@ def preset(name: str, **changes) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return TrainConfig(**PRESETS[name]).replace(**changes)
+
+
+def field_reasons() -> dict[str, str]:
+    """Each TrainConfig field's one-line reason: the comment on its lines in the class's source,
+    so the dataclass stays the one place to keep them (``ssdwb config`` and ``ssdwb train
+    --help`` print them)."""
+    source = textwrap.dedent(inspect.getsource(TrainConfig))
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
+    reasons = {}
+    for node in ast.parse(source).body[0].body:
+        if isinstance(node, ast.AnnAssign):
+            lines = range(node.lineno, node.end_lineno + 1)
+            reasons[node.target.id] = " ".join(comments[n] for n in lines if n in comments)
+    return reasons
+
+
+def describe_fields(config: TrainConfig | None = None) -> str:
+    """A table of every field: name, type, value in ``config`` (default: the defaults), reason."""
+    config = config or TrainConfig()
+    reasons = field_reasons()
+    rows = [(f.name, str(f.type), json.dumps(getattr(config, f.name)), reasons[f.name])
+            for f in dataclasses.fields(config)]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"  {n:<{widths[0]}}  {t:<{widths[1]}}  {v:<{widths[2]}}  {why}"
+                     for n, t, v, why in rows)

@@ -168,6 +168,124 @@ def _candidates(reference: DefaultBoxes) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(sizes, dtype=torch.float64), torch.tensor(levels)
 
 
+class _Search:
+    """The greedy search over candidate box types (module docstring), on the fit sample.
+
+    Scoring a column added to the current best IoUs needs no [N, C] temporary per try: coverage
+    gains are one masked matmul with the precomputed hits; the tie-break term is taken on a
+    fixed subset of rows (it only orders designs of equal coverage).
+    """
+
+    def __init__(self, fit_gt: torch.Tensor, fit_areas: torch.Tensor, reference: DefaultBoxes,
+                 budget: int, max_types: int, seed: int):
+        self.sizes, self.level_of = _candidates(reference)
+        self.fs = [lv.feature_size for lv in reference.levels]
+        self.budget, self.max_types = budget, max_types
+        self.onehot = _bins(fit_areas)
+        iou = torch.empty(fit_gt.shape[0], self.sizes.shape[0])
+        for k, c in enumerate(_level_centres(reference)):
+            m = self.level_of == k
+            iou[:, m] = best_iou_per_type(fit_gt, c, self.sizes[m] / reference.fig_size)
+        self.iou = iou
+        self.cost = torch.tensor([self.fs[k] ** 2 for k in self.level_of.tolist()],
+                                 dtype=torch.float32)
+        self.hit = (iou > THRESHOLD).to(torch.float32)
+        self.per_bin = self.onehot.sum(0)
+        tie_rows = torch.randperm(iou.shape[0], generator=torch.Generator().manual_seed(seed + 1))
+        self.iou_tie = iou[tie_rows[:TIE_ROWS]]
+        self.tie_rows = tie_rows[:TIE_ROWS]
+        self.by_type = iou.t().contiguous()  # [C, N]: a design's columns are rows, cheap to gather
+
+    def score_of(self, best: torch.Tensor) -> float:
+        """The objective of best IoUs (Tensor[N]) on the fit sample."""
+        share = self.onehot.t() @ (best > THRESHOLD).to(torch.float32) / self.per_bin
+        return float(0.5 * share.min() + 0.5 * share.mean()
+                     + TIE_WEIGHT * best[self.tie_rows].mean())
+
+    def score_with(self, best: torch.Tensor, cols=None) -> torch.Tensor:
+        """The objective with each column (all, or ``cols``) added: Tensor[C]."""
+        cov = best > THRESHOLD
+        h, ht = ((self.hit, self.iou_tie) if cols is None
+                 else (self.hit[:, cols], self.iou_tie[:, cols]))
+        share = ((self.onehot.t() @ cov.to(torch.float32))[:, None]
+                 + (self.onehot * (~cov)[:, None]).t() @ h)
+        share = share / self.per_bin[:, None]
+        tie = torch.maximum(best[self.tie_rows, None], ht).mean(0)
+        return 0.5 * share.min(0).values + 0.5 * share.mean(0) + TIE_WEIGHT * tie
+
+    def best_of(self, chosen: list[int]) -> torch.Tensor:
+        return self.by_type[chosen].max(0).values if chosen else torch.zeros(self.iou.shape[0])
+
+    def local_search(self, chosen: list[int]) -> list[int]:
+        """Swaps each chosen type for the best other type of its level, twice at most."""
+        for _ in range(2):
+            improved = False
+            for p in range(len(chosen)):
+                others = chosen[:p] + chosen[p + 1:]
+                base = self.best_of(others)
+                same = (self.level_of == self.level_of[chosen[p]])
+                same[others] = False
+                same = same.nonzero().flatten()
+                scores = self.score_with(base, same)
+                j = int(scores.argmax())
+                if float(scores[j]) > self.score_of(torch.maximum(base, self.iou[:, chosen[p]])) + 1e-9:
+                    chosen[p] = int(same[j])
+                    improved = True
+            if not improved:
+                break
+        return chosen
+
+    def grow(self, chosen: list[int]) -> list[int]:
+        """Adds the type of best gain per box while the budget and ``max_types`` allow."""
+        chosen = list(chosen)
+        while True:
+            best = self.best_of(chosen)
+            used = float(self.cost[chosen].sum())
+            counts = torch.bincount(self.level_of[chosen], minlength=len(self.fs))
+            ok = (self.cost <= self.budget - used) & (counts[self.level_of] < self.max_types)
+            ok[chosen] = False
+            if not bool(ok.any()):
+                return chosen
+            gain = self.score_with(best) - self.score_of(best)
+            gain = torch.where(ok, gain / self.cost, -math.inf)
+            c = int(gain.argmax())
+            if float(gain[c]) * float(self.cost[c]) <= 1e-9:
+                return chosen
+            chosen.append(c)
+
+    def starts(self, reference: DefaultBoxes) -> list[list[int]]:
+        """One type per level (finest level first, each the best given those before it), and
+        the reference's own types when the budget and ``max_types`` hold them."""
+        seed_types: list[int] = []
+        for k in range(len(self.fs)):
+            cols = (self.level_of == k).nonzero().flatten()
+            seed_types.append(int(cols[int(self.score_with(self.best_of(seed_types),
+                                                           cols).argmax())]))
+        starts = [seed_types]
+        if (reference.num_priors <= self.budget
+                and max(reference.num_defaults_per_cell) <= self.max_types):
+            own = []
+            for lv in reference.levels:
+                for w, h in lv.sizes:
+                    match = ((self.level_of == lv.index)
+                             & (self.sizes[:, 0] == round(w * reference.fig_size, 2))
+                             & (self.sizes[:, 1] == round(h * reference.fig_size, 2)))
+                    own.append(int(match.nonzero().flatten()[0]))
+            starts.append(own)
+        return starts
+
+    def design(self, chosen: list[int], reference: DefaultBoxes) -> DefaultBoxes:
+        box_types = []
+        for k in range(len(self.fs)):
+            mine = sorted({(float(self.sizes[c, 0]), float(self.sizes[c, 1])) for c in chosen
+                           if int(self.level_of[c]) == k},
+                          key=lambda wh: (wh[0] * wh[1], wh[0] / wh[1]))
+            box_types.append(mine)
+        return DefaultBoxes(reference.fig_size, list(reference.feature_sizes),
+                            list(reference.steps), box_types=box_types,
+                            scale_xy=reference.scale_xy, scale_wh=reference.scale_wh)
+
+
 def fit_design(gt_boxes: torch.Tensor, areas: torch.Tensor, budget: int = 8732,
                max_types: int = 8, sample: int = 20000, seed: int = 0,
                reference: DefaultBoxes | None = None) -> tuple[DefaultBoxes, dict]:
@@ -204,107 +322,13 @@ def fit_design(gt_boxes: torch.Tensor, areas: torch.Tensor, budget: int = 8732,
         fit_gt, fit_areas = gt[keep], areas[keep]
     else:
         fit_gt, fit_areas = gt, areas
-    onehot = _bins(fit_areas)
-
-    sizes, level_of = _candidates(reference)
-    centres = _level_centres(reference)
-    iou = torch.empty(fit_gt.shape[0], sizes.shape[0])
-    for k, c in enumerate(centres):
-        m = level_of == k
-        iou[:, m] = best_iou_per_type(fit_gt, c, sizes[m] / reference.fig_size)
-    cost = torch.tensor([fs[k] ** 2 for k in level_of.tolist()], dtype=torch.float32)
-
-    # Scoring a column added to the current best IoUs without an [N, C] temporary per try:
-    # coverage gains are one masked matmul with the precomputed hits; the tie-break term is
-    # taken on a fixed subset of rows (it only orders designs of equal coverage).
-    hit = (iou > THRESHOLD).to(torch.float32)
-    per_bin = onehot.sum(0)
-    tie_rows = torch.randperm(iou.shape[0], generator=torch.Generator().manual_seed(seed + 1))
-    iou_tie = iou[tie_rows[:TIE_ROWS]]
-    tie_rows = tie_rows[:TIE_ROWS]
-
-    def score_of(best):  # the objective of best IoUs (Tensor[N]) on the fit sample
-        share = onehot.t() @ (best > THRESHOLD).to(torch.float32) / per_bin
-        return float(0.5 * share.min() + 0.5 * share.mean() + TIE_WEIGHT * best[tie_rows].mean())
-
-    def score_with(best, cols=None):  # the objective with each column added: Tensor[C]
-        cov = best > THRESHOLD
-        h, ht = (hit, iou_tie) if cols is None else (hit[:, cols], iou_tie[:, cols])
-        share = (onehot.t() @ cov.to(torch.float32))[:, None] + (onehot * (~cov)[:, None]).t() @ h
-        share = share / per_bin[:, None]
-        tie = torch.maximum(best[tie_rows, None], ht).mean(0)
-        return 0.5 * share.min(0).values + 0.5 * share.mean(0) + TIE_WEIGHT * tie
-
-    by_type = iou.t().contiguous()  # [C, N]: a design's columns are rows here, cheap to gather
-
-    def best_of(chosen):
-        return by_type[chosen].max(0).values if chosen else torch.zeros(iou.shape[0])
-
-    def local_search(chosen: list[int]) -> list[int]:
-        for _ in range(2):
-            improved = False
-            for p in range(len(chosen)):
-                others = chosen[:p] + chosen[p + 1:]
-                base = best_of(others)
-                same = (level_of == level_of[chosen[p]])
-                same[others] = False
-                same = same.nonzero().flatten()
-                scores = score_with(base, same)
-                j = int(scores.argmax())
-                if float(scores[j]) > score_of(torch.maximum(base, iou[:, chosen[p]])) + 1e-9:
-                    chosen[p] = int(same[j])
-                    improved = True
-            if not improved:
-                break
-        return chosen
-
-    def grow(chosen: list[int]) -> list[int]:
-        chosen = list(chosen)
-        while True:
-            best = best_of(chosen)
-            used = float(cost[chosen].sum())
-            counts = torch.bincount(level_of[chosen], minlength=len(fs))
-            ok = (cost <= budget - used) & (counts[level_of] < max_types)
-            ok[chosen] = False
-            if not bool(ok.any()):
-                return chosen
-            gain = score_with(best) - score_of(best)
-            gain = torch.where(ok, gain / cost, -math.inf)
-            c = int(gain.argmax())
-            if float(gain[c]) * float(cost[c]) <= 1e-9:
-                return chosen
-            chosen.append(c)
-
-    # 3: one type per level (finest level first, each the best given those before it) ...
-    seed_types: list[int] = []
-    for k in range(len(fs)):
-        cols = (level_of == k).nonzero().flatten()
-        seed_types.append(int(cols[int(score_with(best_of(seed_types), cols).argmax())]))
-    starts = [seed_types]
-    # 4: ... and the reference's own types, when the budget and max_types hold them
-    if reference.num_priors <= budget and max(reference.num_defaults_per_cell) <= max_types:
-        own = []
-        for lv in reference.levels:
-            for w, h in lv.sizes:
-                match = ((level_of == lv.index)
-                       & (sizes[:, 0] == round(w * reference.fig_size, 2))
-                       & (sizes[:, 1] == round(h * reference.fig_size, 2))).nonzero().flatten()
-                own.append(int(match[0]))
-        starts.append(own)
+    search = _Search(fit_gt, fit_areas, reference, budget, max_types, seed)
     results = []
-    for start in starts:
-        chosen = grow(local_search(grow(start)))
-        results.append((score_of(best_of(chosen)), chosen))
+    for start in search.starts(reference):
+        chosen = search.grow(search.local_search(search.grow(start)))
+        results.append((search.score_of(search.best_of(chosen)), chosen))
     _, chosen = max(results, key=lambda r: r[0])
-
-    box_types = []
-    for k in range(len(fs)):
-        mine = sorted({(float(sizes[c, 0]), float(sizes[c, 1])) for c in chosen
-                       if int(level_of[c]) == k}, key=lambda wh: (wh[0] * wh[1], wh[0] / wh[1]))
-        box_types.append(mine)
-    design = DefaultBoxes(reference.fig_size, list(reference.feature_sizes), list(reference.steps),
-                          box_types=box_types, scale_xy=reference.scale_xy,
-                          scale_wh=reference.scale_wh)
+    design = search.design(chosen, reference)
     report = {
         "budget": int(budget), "boxes": design.num_priors,
         "types_per_level": design.num_defaults_per_cell, "gt_boxes": int(gt.shape[0]),
