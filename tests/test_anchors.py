@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssdwb.ssd.anchors import DefaultBoxes, coverage
+from ssdwb.ssd.anchors import DefaultBoxes, coverage, coverage_summary
 
 
 def test_count_per_level_and_total(dboxes):
@@ -93,3 +93,24 @@ def test_coverage(dboxes):
     assert cov["best_level"][2] == 5
     assert cov["num_above"][1] == 0
     assert coverage(dboxes, torch.zeros(0, 4))["covered"].numel() == 0
+
+
+def test_coverage_summary_by_size_and_level():
+    # One level of 2x2 cells, one square type of side 0.5: priors are the four quadrants.
+    d = DefaultBoxes(100, [2], [50], [50, 50], [[]])
+    gt = torch.tensor([[0.0, 0.0, 0.5, 0.5],  # exactly a prior: covered
+                       [0.5, 0.5, 1.0, 1.0],  # exactly a prior: covered
+                       [0.0, 0.0, 0.1, 0.1]])  # IoU 0.04 with the best prior: not covered
+    areas = torch.tensor([50.0 * 50, 200.0**2, 10.0])  # medium, large, small
+    res = coverage_summary(d, gt, areas)
+    assert res["count"] == {"all": 3, "small": 1, "medium": 1, "large": 1}
+    assert res["share"]["all"] == pytest.approx(2 / 3)
+    assert res["share"]["small"] == 0.0 and res["share"]["large"] == 1.0
+    assert res["by_level"].tolist() == [3]
+    assert res["best_iou"][2] == pytest.approx(0.04)
+
+
+def test_coverage_summary_empty_bin_is_nan(dboxes):
+    res = coverage_summary(dboxes, torch.tensor([[0.1, 0.1, 0.6, 0.6]]), torch.tensor([1e5]))
+    assert math.isnan(res["share"]["small"]) and res["count"]["small"] == 0
+    assert res["share"]["large"] == 1.0

@@ -1,9 +1,12 @@
-"""TrainConfig's typed fields: every way in converts and validates each value to its declared
-type (constructor, presets, config.json, --set overrides, the training notebook's papermill
-parameters), and ``runtime.resolve_amp``."""
+"""TrainConfig: the reference defaults and schedule, the Dell C4140 learning rates and decay points
+as SPEC.md publishes them (literals, not the formulas of ssdwb/config.py again), config.json; its
+typed fields: every way in converts and validates each value to its declared type (constructor,
+presets, config.json, --set overrides, the training notebook's papermill parameters); and
+``runtime.resolve_amp`` and the CPU classes."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +14,86 @@ import torch
 from ssdwb import runtime
 from ssdwb.apps.notebooks import notebook_path
 from ssdwb.config import TrainConfig, preset
+
+# --- the reference and Dell's C4140 configs (SPEC.md), as published literals ------------------
+TRAIN_IMAGES = 117_266  # COCO 2017 train images with annotations
+
+# SPEC.md's Dell C4140 table: GPUs, batch per GPU, base-LR flag; then the global batch, Dell's
+# effective base LR after its rounding 2.5e-3 * max(1, round(flag / 2.5e-3 * gbs / 32)), and the
+# two LR decays at iterations 160k * 32 / gbs and 200k * 32 / gbs (rounded), all written out.
+# 16x: Dell shipped no config; batch 1536 (NVIDIA's 64-GPU v0.6 run) with Dell's 4x/8x flag
+# 3.2e-3: 3.2e-3 / 2.5e-3 = 1.28, 1.28 * 1536 / 32 = 1.28 * 48 = 61.44, rounded 61,
+# 61 * 2.5e-3 = 0.1525. The others: 1x 1.168 * 15 = 17.52 -> 18; 2x 1.168 * 30 = 35.04 -> 35;
+# 4x 1.28 * 28 = 35.84 -> 36; 8x 1.28 * 32 = 40.96 -> 41.
+C4140 = {
+    "1xC4140": (4, 120, 2.92e-3, 480, 0.045, (10_667, 13_333)),
+    "2xC4140": (8, 120, 2.92e-3, 960, 0.0875, (5_333, 6_667)),
+    "4xC4140": (16, 56, 3.2e-3, 896, 0.09, (5_714, 7_143)),
+    "8xC4140": (32, 32, 3.2e-3, 1024, 0.1025, (5_000, 6_250)),
+    "16xC4140": (64, 24, 3.2e-3, 1536, 0.1525, (3_333, 4_167)),
+}
+
+
+def test_reference_defaults_and_eval_epochs():
+    c = TrainConfig()
+    assert (c.batch_size, c.lr, c.momentum, c.weight_decay, c.target_map) == (32, 2.5e-3, 0.9,
+                                                                               5e-4, 0.23)
+    assert (c.lr_scaling, c.warmup, c.lr_decay_factor, c.epochs) == ("linear", 300, 0.1, 70)
+    # SPEC.md: evaluation at epochs 33, 44, 50, 55, 61, 66; decays at iterations 160k and 200k
+    # at the reference's global batch of 32
+    assert c.eval_epochs(TRAIN_IMAGES) == [33, 44, 50, 55, 61, 66]
+    assert c.decay_iterations(1, 1000) == [160_000, 200_000]
+    assert c.base_lr(1) == 2.5e-3
+
+
+@pytest.mark.parametrize("system", list(C4140))
+def test_c4140_learning_rates(system):
+    gpus, bs, flag, gbs, base, (d1, d2) = C4140[system]
+    c = TrainConfig(batch_size=bs, lr=flag, weight_decay=1.3e-4, warmup=650, lr_scaling="dell")
+    assert c.global_batch(gpus) == gbs
+    # float arithmetic: 2.5e-3 * 35 is 0.08750000000000001
+    assert c.base_lr(gpus) == pytest.approx(base, rel=1e-12)
+    ipe = TRAIN_IMAGES // gbs
+    assert c.lr_at(0, gpus, ipe) == 0.0
+    assert c.lr_at(325, gpus, ipe) == pytest.approx(base / 2, rel=1e-12)  # half-way up the warmup
+    assert c.lr_at(650, gpus, ipe) == pytest.approx(base, rel=1e-12)
+    assert c.decay_iterations(gpus, ipe) == [d1, d2]
+    # SPEC.md: the decays fall at epochs ~44 and ~55 whatever the global batch
+    assert (round(d1 * gbs / TRAIN_IMAGES), round(d2 * gbs / TRAIN_IMAGES)) == (44, 55)
+    assert c.lr_at(d1 - 1, gpus, ipe) == pytest.approx(base, rel=1e-12)
+    assert c.lr_at(d1, gpus, ipe) == pytest.approx(base * 0.1, rel=1e-12)
+    assert c.lr_at(d2 - 1, gpus, ipe) == pytest.approx(base * 0.1, rel=1e-12)
+    assert c.lr_at(d2, gpus, ipe) == pytest.approx(base * 0.01, rel=1e-12)
+    assert c.eval_epochs(TRAIN_IMAGES) == [33, 44, 50, 55, 61, 66]  # epochs, not iterations
+
+
+def test_dell_rounding_differs_from_the_linear_rule():
+    # 4xC4140 with the linear rule: 3.2e-3 * 896 / 32 = 0.0896, not Dell's 0.09
+    c = TrainConfig(batch_size=56, lr=3.2e-3)
+    assert c.base_lr(16) == pytest.approx(0.0896, rel=1e-12)
+    assert c.replace(lr_scaling="dell").base_lr(16) == pytest.approx(0.09, rel=1e-12)
+    # a flag too small for one step of 2.5e-3 still gets one (the max(1, ...))
+    assert TrainConfig(batch_size=1, lr=1e-5, lr_scaling="dell").base_lr(1) == 2.5e-3
+
+
+def test_linear_rule():
+    c = TrainConfig(batch_size=24, lr=2.5e-3)
+    assert c.base_lr(64) == pytest.approx(0.12, rel=1e-12)  # 2.5e-3 * 1536 / 32
+
+
+def test_config_json_round_trip_and_errors(tmp_path):
+    c = preset("demo", seed=7)
+    c.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == c
+    (tmp_path / "bad.json").write_text(json.dumps({"batch_size": 4, "learning_rate": 1}))
+    with pytest.raises(ValueError, match=r"bad.json: unknown config key\(s\) \['learning_rate'\]"):
+        TrainConfig.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="amp must be one of"):
+        TrainConfig(amp="fp8")
+    o = c.with_overrides(["epochs=5", "eval_at=[1, 5]", "amp=bf16", "backbone_weights=null"])
+    assert (o.epochs, o.eval_at, o.amp, o.backbone_weights) == (5, [1, 5], "bf16", None)
+    with pytest.raises(ValueError, match="unknown config key 'nope'"):
+        c.with_overrides(["nope=1"])
 
 
 # --- conversion by declared type ----------------------------------------------------------------
@@ -209,8 +292,32 @@ def test_resolve_amp_auto(monkeypatch):
         runtime.resolve_amp("fp8", cpu)
 
 
+def _kernel_cpu_flags() -> set[str]:
+    """This machine's CPU features as the Linux kernel lists them (x86 "flags", ARM
+    "Features"), a source independent of torch's cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    m = re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.M)
+    if not m:
+        pytest.skip("/proc/cpuinfo lists no CPU features")
+    return set(m.group(1).split())
+
+
+def test_this_cpu_class_agrees_with_the_kernel_flags():
+    flags = _kernel_cpu_flags()
+    native = bool(flags & {"avx512_bf16", "amx_bf16", "bf16", "svebf16"})
+    assert runtime.cpu_has_native_bf16() is native, sorted(flags & {"avx512_bf16", "amx_bf16"})
+    amx = native and {"amx_bf16", "amx_tile"} <= flags
+    want = "amx" if amx else "bf16" if native else "fp32"
+    assert runtime.cpu_class() == want
+    from ssdwb.config import demo_preset
+
+    assert demo_preset() == {"amx": "demo", "bf16": "demo-bf16", "fp32": "demo-fp32"}[want]
+
+
 def test_cpu_has_native_bf16_reads_the_cpu_flags(monkeypatch):
-    assert isinstance(runtime.cpu_has_native_bf16(), bool)  # this machine, whatever it has
     flags = {"avx2": True, "avx512_f": True, "avx512_bf16": False, "amx_bf16": False}
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
     assert runtime.cpu_has_native_bf16() is False  # AVX512 without BF16: emulated, not native
@@ -223,7 +330,6 @@ def test_cpu_has_native_bf16_reads_the_cpu_flags(monkeypatch):
 def test_demo_preset_follows_the_cpu_class(monkeypatch):
     from ssdwb.config import DEMO_PRESETS, PRESETS, demo_preset
 
-    assert demo_preset() in PRESETS  # this machine, whatever it has
     for flags, cls, name in (
             ({"avx2": True}, "fp32", "demo-fp32"),
             ({"avx512_f": True, "avx512_bf16": False}, "fp32", "demo-fp32"),

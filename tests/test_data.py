@@ -415,3 +415,41 @@ def test_exit_does_not_wait_for_workers(shapes, tmp_path, persistent):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "end of script" in out.stdout
+
+
+def test_all_boxes_areas_match_annotations(shapes):
+    ds = CocoDetection(shapes / "val", shapes / "annotations" / "instances_val.json")
+    gt = ds.all_boxes()
+    anns = json.loads((shapes / "annotations" / "instances_val.json").read_text())["annotations"]
+    assert len(gt["boxes"]) == len(anns)
+    imgs = {i["id"]: i for i in json.loads(
+        (shapes / "annotations" / "instances_val.json").read_text())["images"]}
+    expected = []  # the box clipped to the image, in pixels
+    for a in anns:
+        x, y, w, h = a["bbox"]
+        im = imgs[a["image_id"]]
+        expected.append((min(x + w, im["width"]) - x) * (min(y + h, im["height"]) - y))
+    assert sorted(gt["areas"].tolist()) == pytest.approx(sorted(expected), rel=1e-5)
+    assert gt["index"].max() == len(ds) - 1
+
+
+def test_augmentation_stats(shapes):
+    from ssdwb.data.transforms import augmentation_stats
+
+    ds = CocoDetection(shapes / "train", shapes / "annotations" / "instances_train.json")
+    a = augmentation_stats(ds, num_draws=30, seed=1)
+    b = augmentation_stats(ds, num_draws=30, seed=1)
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # seeded
+    assert len(a["option"]) == 30 and a["option"].max() < len(CROP_OPTIONS)
+    assert (a["kept"] >= 1).all()
+    assert len(a["size_after"]) == a["kept"].sum()
+    assert len(a["size_before"]) == sum(len(ds.raw(i % len(ds))[1]["labels"]) for i in range(30))
+    # "whole image" draws keep every box at its size
+    assert ((a["option"] == 0) <= (a["dropped"] == 0)).all()
+
+
+def test_missing_dataset_message(tmp_path):
+    from ssdwb.data import resolve_data
+
+    with pytest.raises(FileNotFoundError, match="ssdwb data synth"):
+        resolve_data(tmp_path)
