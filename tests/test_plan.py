@@ -1,9 +1,12 @@
 """The time-to-train planner (ssdwb.lab.plan, ssdwb plan, notebooks/plan.ipynb): it reproduces Dell
 EMC's published MLPerf v0.7 C4140 times within 15 %, its constants are its fit, its systems are
-the Slurm configs, and its parts behave as the formulas say."""
+the C4140 table's (ssdwb/lab/c4140_systems.csv) and the Slurm configs', and its parts behave as
+the formulas say."""
 
+import csv
 import json
-import re
+import os
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -39,21 +42,35 @@ def test_shipped_constants_are_the_fit():
         fit["step_overhead_s"] + 56 / fit["compute_img_per_s"]
 
 
-def _slurm(name):
-    text = (ROOT / "slurm" / f"config_{name}.sh").read_text()
-
-    def value(key):
-        m = re.search(rf"^export {key}=(?:\$\{{{key}:-)?(\d+)", text, re.M)
-        assert m, (name, key)
-        return int(m.group(1))
-
-    return value("DGXNNODES"), value("DGXNGPU"), value("BATCHSIZE")
+def _table() -> dict[str, dict[str, str]]:
+    """ssdwb/lab/c4140_systems.csv read here with the csv module (``#`` lines are comments)."""
+    text = (ROOT / "ssdwb" / "lab" / "c4140_systems.csv").read_text()
+    lines = [x for x in text.splitlines() if x.strip() and not x.startswith("#")]
+    return {r["system"]: r for r in csv.DictReader(lines)}
 
 
-def test_systems_are_the_slurm_configs():
-    assert list(plan.SYSTEMS) == ["1xC4140", "2xC4140", "4xC4140", "8xC4140", "16xC4140"]
+def _slurm(name: str) -> tuple[int, int, int]:
+    """Nodes, GPUs per node and batch per GPU of slurm/config_<name>.sh, as bash sources it."""
+    out = subprocess.run(["bash", "-c", f'source "{ROOT}/slurm/config_{name}.sh" && '
+                          'echo "$DGXNNODES $DGXNGPU $BATCHSIZE"'], capture_output=True,
+                         text=True, env={"PATH": os.environ["PATH"]}, check=True).stdout
+    nodes, gpus_per_node, batch = map(int, out.split())
+    return nodes, gpus_per_node, batch
+
+
+def test_systems_are_the_table_and_the_slurm_configs():
+    table = _table()
+    assert list(plan.SYSTEMS) == list(table) == ["1xC4140", "2xC4140", "4xC4140", "8xC4140",
+                                                 "16xC4140"]
+    assert plan.read_system_table() == list(table.values())  # the file the package ships
     for name, s in plan.SYSTEMS.items():
-        assert (s.nodes, s.gpus_per_node, s.batch_per_gpu) == _slurm(name)
+        r = table[name]
+        got = (s.nodes, s.gpus_per_node, s.batch_per_gpu)
+        assert got == (int(r["nodes"]), int(r["gpus_per_node"]), int(r["batch_per_gpu"]))
+        assert got == _slurm(name)
+    # SPEC.md (published, written out): GPUs and global batches of 1x-8x, and 16x's 64 x 24
+    assert [s.gpus for s in plan.SYSTEMS.values()] == [4, 8, 16, 32, 64]
+    assert [s.batch_per_gpu for s in plan.SYSTEMS.values()] == [120, 120, 56, 32, 24]
     assert [s.global_batch for s in plan.SYSTEMS.values()] == [480, 960, 896, 1024, 1536]
 
 

@@ -1,11 +1,14 @@
-"""Slurm: the config files against SPEC.md, and real jobs on a two-node local cluster
+"""Slurm: the C4140 system table (ssdwb/lab/c4140_systems.csv) against SPEC.md's published
+values, the config files against the table, and real jobs on a two-node local cluster
 (tests/slurm_cluster.py): ``SYSTEM=CPU2x2 sbatch -N 2 -n 4 slurm/run.slurm`` trains in one
 4-rank process group, and a job sent USR1 mid-run requeues itself and resumes to the same final
 metrics as the uninterrupted job."""
 
+import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -15,28 +18,67 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SLURM = ROOT / "slurm"
+TABLE = ROOT / "ssdwb" / "lab" / "c4140_systems.csv"
 
-# SPEC.md: GPUs, batch/GPU, global batch, base lr flag, wd, warmup; epochs 80 for 1x, 70 others.
+# SPEC.md, written out: GPUs, batch/GPU, global batch, base-LR flag, weight decay, warmup
+# iterations; epochs (at most: 80 for 1x, 70 for the others); Dell's effective base LR after its
+# rounding 2.5e-3 * max(1, round(flag / 2.5e-3 * gbs / 32)) (tests/test_config.py shows the
+# sums; 16x: 1.28 * 48 = 61.44 -> 61 steps of 2.5e-3 = 0.1525).
 C4140 = {
-    "1xC4140": (4, 120, 480, 2.92e-3, 1.6e-4, 650, 80),
-    "2xC4140": (8, 120, 960, 2.92e-3, 1.6e-4, 650, 70),
-    "4xC4140": (16, 56, 896, 3.2e-3, 1.3e-4, 650, 70),
-    "8xC4140": (32, 32, 1024, 3.2e-3, 1.3e-4, 650, 70),
-    "16xC4140": (64, 24, 1536, 3.2e-3, 1.3e-4, 650, 70),
+    "1xC4140": (4, 120, 480, 2.92e-3, 1.6e-4, 650, 80, 0.045),
+    "2xC4140": (8, 120, 960, 2.92e-3, 1.6e-4, 650, 70, 0.0875),
+    "4xC4140": (16, 56, 896, 3.2e-3, 1.3e-4, 650, 70, 0.09),
+    "8xC4140": (32, 32, 1024, 3.2e-3, 1.3e-4, 650, 70, 0.1025),
+    "16xC4140": (64, 24, 1536, 3.2e-3, 1.3e-4, 650, 70, 0.1525),
 }
 
 
-def read_config(system: str, env: dict | None = None) -> dict[str, str]:
-    """The variables a config file exports, as bash sees them."""
-    script = f'source "{SLURM}/config_{system}.sh" && env -0'
+def table_rows(path: Path = TABLE) -> dict[str, dict[str, str]]:
+    """The system table's rows by system name, read here with the csv module (``#`` lines are
+    comments), independently of ssdwb.lab.plan and of slurm/system_table.sh."""
+    lines = [x for x in path.read_text().splitlines() if x.strip() and not x.startswith("#")]
+    return {r["system"]: r for r in csv.DictReader(lines)}
+
+
+def read_config(system: str, env: dict | None = None, slurm: Path = SLURM) -> dict[str, str]:
+    """The variables a config file exports, as bash sees them (sourced from another directory:
+    the configs find the table from where they are, not from the working directory)."""
+    script = f'source "{slurm}/config_{system}.sh" && env -0'
     out = subprocess.run(["bash", "-c", script], capture_output=True, env=env or {"PATH":
-                         os.environ["PATH"]}, check=True).stdout.decode()
+                         os.environ["PATH"]}, check=True, cwd="/").stdout.decode()
     return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
 
 
-@pytest.mark.parametrize("system", sorted(C4140))
+def test_the_table_holds_spec_values():
+    rows = table_rows()
+    assert list(rows) == list(C4140)
+    for system, (gpus, per_gpu, gbs, lr, wd, warmup, epochs, _) in C4140.items():
+        r = rows[system]
+        assert int(r["gpus_per_node"]) == 4, system  # a C4140 has 4 V100s
+        assert int(r["nodes"]) * int(r["gpus_per_node"]) == gpus, system
+        assert int(r["batch_per_gpu"]) == per_gpu and per_gpu * gpus == gbs, system
+        assert (float(r["lr_flag"]), float(r["weight_decay"])) == (lr, wd), system
+        assert (int(r["warmup"]), int(r["epochs"])) == (warmup, epochs), system
+        assert re.fullmatch(r"\d\d:\d\d:\d\d", r["walltime"]), system
+
+
+def test_every_c4140_config_is_a_table_row():
+    configs = {p.name[len("config_"):-len(".sh")] for p in SLURM.glob("config_*xC4140.sh")}
+    assert configs == set(table_rows())
+
+
+@pytest.mark.parametrize("system", list(C4140))
+def test_c4140_configs_are_the_table_rows(system):
+    r, c = table_rows()[system], read_config(system)
+    assert (c["DGXNNODES"], c["DGXNGPU"], c["BATCHSIZE"]) == (
+        r["nodes"], r["gpus_per_node"], r["batch_per_gpu"])
+    assert (c["LR"], c["WD"], c["WARMUP"]) == (r["lr_flag"], r["weight_decay"], r["warmup"])
+    assert (c["NUMEPOCHS"], c["WALLTIME"]) == (r["epochs"], r["walltime"])
+
+
+@pytest.mark.parametrize("system", list(C4140))
 def test_c4140_configs_match_spec(system):
-    gpus, per_gpu, gbs, lr, wd, warmup, epochs = C4140[system]
+    gpus, per_gpu, gbs, lr, wd, warmup, epochs, _ = C4140[system]
     c = read_config(system)
     assert int(c["DGXNNODES"]) * int(c["DGXNGPU"]) == gpus
     assert int(c["DGXNGPU"]) == 4  # a C4140 has 4 V100s
@@ -46,6 +88,24 @@ def test_c4140_configs_match_spec(system):
     assert c["LR_SCALING"] == "dell" and int(c["EVAL_BATCHSIZE"]) == 160
     assert c["PRESET"] == "reference" and c["DEVICE"] == "cuda"
     assert c["AMP"] == "fp16" and c["CHANNELS_LAST"] == "true"  # tensor-core speed by default
+
+
+def test_configs_read_the_table_they_sit_next_to(tmp_path):
+    """A copy of slurm/ next to an edited table follows the edit (the configs hold no numbers of
+    their own); a system missing from the table is an error, not empty values."""
+    (tmp_path / "slurm").mkdir()
+    for name in ("system_table.sh", "config_4xC4140.sh"):
+        shutil.copy(SLURM / name, tmp_path / "slurm" / name)
+    (tmp_path / "ssdwb" / "lab").mkdir(parents=True)
+    text = TABLE.read_text().replace("\n4xC4140,4,4,56,3.2e-3,", "\n4xC4140,4,4,57,3.3e-3,")
+    (tmp_path / "ssdwb" / "lab" / "c4140_systems.csv").write_text(text)
+    c = read_config("4xC4140", slurm=tmp_path / "slurm")
+    assert (c["BATCHSIZE"], c["LR"]) == ("57", "3.3e-3")
+    (tmp_path / "ssdwb" / "lab" / "c4140_systems.csv").write_text(text.replace("\n4xC4140,", "\n4x,"))
+    r = subprocess.run(["bash", "-c", f'source "{tmp_path}/slurm/config_4xC4140.sh" && env'],
+                       capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert r.returncode != 0 and "no row for system 4xC4140" in r.stderr
+    assert "BATCHSIZE=" not in r.stdout
 
 
 def test_cpu2x2_config_stays_fp32_nchw():
@@ -122,17 +182,20 @@ def test_run_slurm_gives_srun_the_config_cpus_per_rank(tmp_path, system, node_cp
 def test_config_values_become_the_spec_learning_rates():
     from ssdwb.config import TrainConfig
 
-    for system, (gpus, _per_gpu, gbs, lr, _wd, _warmup, _) in C4140.items():
+    for system, (gpus, _per_gpu, gbs, _lr, _wd, _warmup, _, base) in C4140.items():
         c = read_config(system)
         cfg = TrainConfig(batch_size=int(c["BATCHSIZE"]), lr=float(c["LR"]),
                           lr_scaling=c["LR_SCALING"], warmup=int(c["WARMUP"]))
-        expected = 2.5e-3 * max(1, round(lr / 2.5e-3 * gbs / 32))
-        assert cfg.base_lr(gpus) == pytest.approx(expected), system
+        assert cfg.global_batch(gpus) == gbs, system
+        assert cfg.base_lr(gpus) == pytest.approx(base, rel=1e-12), system
 
 
 def test_configs_can_be_overridden_from_the_environment():
-    c = read_config("2xC4140", {"PATH": os.environ["PATH"], "BATCHSIZE": "64", "NUMEPOCHS": "3"})
-    assert c["BATCHSIZE"] == "64" and c["NUMEPOCHS"] == "3" and c["WD"] == "1.6e-4"
+    over = {"BATCHSIZE": "64", "NUMEPOCHS": "3", "LR": "1e-3", "WD": "2e-4", "WARMUP": "10",
+            "WALLTIME": "00:05:00", "AMP": "off", "NUM_WORKERS": "2"}
+    c = read_config("2xC4140", {"PATH": os.environ["PATH"], **over})
+    assert {k: c[k] for k in over} == over and c["LR_SCALING"] == "dell"
+    assert c["DGXNNODES"] == "2"  # the system's shape is the table's
 
 
 def test_shell_scripts_are_shellcheck_clean():

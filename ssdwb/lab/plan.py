@@ -53,18 +53,20 @@ Where the numbers come from:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 from dataclasses import dataclass
+from importlib import resources
 
 import numpy as np
 
 from ssdwb.config import TrainConfig
 
-__all__ = ["TRAIN_IMAGES", "PARAMETERS", "System", "SYSTEMS", "Published", "DELL_V07",
-           "V07_EVAL_EPOCHS", "Assumptions", "SSDWB", "DELL_FIT_PROFILE", "epochs_needed",
-           "epochs_to_target", "ring_allreduce_s", "step_time", "predict_system", "fit_dell",
-           "plan_table", "dell_table", "format_plan"]
+__all__ = ["TRAIN_IMAGES", "PARAMETERS", "System", "SYSTEM_TABLE", "read_system_table", "SYSTEMS",
+           "Published", "DELL_V07", "V07_EVAL_EPOCHS", "Assumptions", "SSDWB", "DELL_FIT_PROFILE",
+           "epochs_needed", "epochs_to_target", "ring_allreduce_s", "step_time", "predict_system",
+           "fit_dell", "plan_table", "dell_table", "format_plan"]
 
 TRAIN_IMAGES = 117_266  # COCO 2017 train images with annotations (the reference drops the rest)
 PARAMETERS = 19_972_534  # SSD300-ResNet34 trainable parameters (README)
@@ -89,10 +91,19 @@ class System:
         return self.gpus * self.batch_per_gpu
 
 
-# The Slurm configs (slurm/config_<name>.sh; tests/test_plan.py reads them back).
-SYSTEMS = {s.name: s for s in (System("1xC4140", 1, 4, 120), System("2xC4140", 2, 4, 120),
-                               System("4xC4140", 4, 4, 56), System("8xC4140", 8, 4, 32),
-                               System("16xC4140", 16, 4, 24))}
+SYSTEM_TABLE = "c4140_systems.csv"  # in this package: the one table of the C4140 systems
+
+
+def read_system_table() -> list[dict[str, str]]:
+    """The rows of ``ssdwb/lab/c4140_systems.csv`` (the C4140 systems that the Slurm configs
+    ``slurm/config_<system>.sh`` also read), as ``{column: text}``; ``#`` lines are comments."""
+    text = resources.files("ssdwb.lab").joinpath(SYSTEM_TABLE).read_text(encoding="utf-8")
+    return list(csv.DictReader(line for line in text.splitlines()
+                               if line.strip() and not line.startswith("#")))
+
+
+SYSTEMS = {r["system"]: System(r["system"], int(r["nodes"]), int(r["gpus_per_node"]),
+                               int(r["batch_per_gpu"])) for r in read_system_table()}
 
 
 @dataclass(frozen=True)
