@@ -45,7 +45,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-CUDA_TEST_FILES = ["tests/test_box_coder.py", "tests/test_detect.py"]
+CUDA_TEST_FILES = ["tests/test_box_coder.py", "tests/test_postprocess.py"]
 
 
 def cuda_tests(timeout: int) -> str:

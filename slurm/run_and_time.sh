@@ -15,7 +15,14 @@ if [[ "$rank" == 0 ]]; then
 else
     out="$run/ranks/train_rank${rank}.ipynb"
 fi
-mkdir -p "$(dirname "$out")"
+mkdir -p "$(dirname "$out")" "$run/ranks"
+
+# NCCL's flight recorder: the last collectives of each rank, dumped when a collective times out
+# (ssdwb's watchdog names the stalled rank first; the dump shows which collective it missed):
+# runs/<id>/ranks/nccl_trace_rank_<N>. No effect on gloo (CPU) runs.
+export TORCH_NCCL_TRACE_BUFFER_SIZE=${TORCH_NCCL_TRACE_BUFFER_SIZE:-2000}
+export TORCH_NCCL_DUMP_ON_TIMEOUT=${TORCH_NCCL_DUMP_ON_TIMEOUT:-1}
+export TORCH_NCCL_DEBUG_INFO_TEMP_FILE=${TORCH_NCCL_DEBUG_INFO_TEMP_FILE:-$run/ranks/nccl_trace_rank_}
 
 if [[ -n "${CONTAINER:-}" ]]; then
     ssdwb=(apptainer exec --nv --bind "$root,$DATADIR,$LOGDIR" "$CONTAINER" ssdwb)

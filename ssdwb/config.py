@@ -78,6 +78,9 @@ class TrainConfig:
     tensorboard: bool = True  # rank 0 also writes TensorBoard event files into the run folder
     max_iters: int = 0  # stop after this many iterations (0: no limit); for smoke tests
     device: str = "auto"  # auto | cpu | cuda
+    # Multi-rank runs (ssdwb/engine/watchdog.py): a stalled rank ends the run with a verdict
+    dist_timeout_s: int = 300  # collectives' limit: far above a healthy step, far below torch's
+    dist_long_timeout_s: int = 1800  # waits for rank 0 alone (scoring, checkpoint) or start-up
     encode_on: str = "auto"  # worker | device | auto (worker on CPU, device on CUDA)
     # MLPerf submission metadata
     submission_org: str = "ssdwb"  # the MLPerf log's submission_org
@@ -99,6 +102,9 @@ class TrainConfig:
                 raise ValueError(f"{key} must be one of {allowed}, not {getattr(self, key)!r}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be positive")
+        if not 0 < self.dist_timeout_s <= self.dist_long_timeout_s:
+            raise ValueError(f"dist_timeout_s ({self.dist_timeout_s}) must be positive and at "
+                             f"most dist_long_timeout_s ({self.dist_long_timeout_s})")
         if not 0.0 <= self.max_bad_image_share <= 1.0:
             raise ValueError(f"max_bad_image_share: expected a share from 0 to 1, got "
                              f"{self.max_bad_image_share!r}")

@@ -25,7 +25,8 @@ from datetime import timedelta
 
 import torch
 
-__all__ = ["DistInfo", "init_distributed", "env_rank", "first_host", "slurm_rendezvous"]
+__all__ = ["DistInfo", "init_distributed", "env_rank", "first_host", "slurm_rendezvous",
+           "side_group", "long_wait"]
 
 
 @dataclass
@@ -107,3 +108,20 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
             timeout=timedelta(seconds=timeout_s),
             device_id=dev if use_cuda else None)
     return DistInfo(rank, world, local, dev)
+
+
+def side_group(timeout_s: int):
+    """A gloo group over every rank with its own (long) timeout, for the waits on rank 0 alone:
+    the main group (NCCL on GPUs) then never waits longer than its own timeout. None on one
+    rank."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return None
+    return torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+
+
+def long_wait(group, timeout_s: int) -> None:
+    """Every rank waits here until all have arrived (rank 0 last, after scoring or writing),
+    at most ``timeout_s``; rank 0 names the ranks that did not arrive when it fails."""
+    if group is not None:
+        torch.distributed.monitored_barrier(group=group, timeout=timedelta(seconds=timeout_s),
+                                            wait_all_ranks=True)

@@ -27,6 +27,7 @@ Host syncs: on the steady path the loop reads the device once per ``log_interval
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ssdwb.config import TrainConfig
 from ssdwb.data import set_epoch
+from ssdwb.engine.distributed import long_wait
 from ssdwb.engine.log_window import LogWindow, WindowReading
 from ssdwb.engine.setup import (
     Data,
@@ -52,6 +54,7 @@ from ssdwb.engine.setup import (
 )
 from ssdwb.engine.state import RunState, StopSignal
 from ssdwb.engine.step import broadcast_buffers, rebuild_ddp_buckets, train_step
+from ssdwb.engine.watchdog import Heartbeat, Watchdog
 from ssdwb.evaluation.inference import evaluate
 from ssdwb.runs.checkpoint import rng_state, set_rng_state
 from ssdwb.runs.folder import RunFolder
@@ -95,12 +98,12 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
                             devices.amp_dtype, config.channels_last)
     t.announce()
     state.clock = time.time()
-    with StopSignal() as stop:
+    with t.watchdog(state), StopSignal() as stop:
         for epoch in range(state.epoch, config.epochs):
             outcome = t.train_one_epoch(state, epoch, stop) or t.end_of_epoch(state, epoch)
             if outcome is not None:
                 return t.finish(state, *outcome)
-    return t.finish(state, "success", "last epoch done")
+        return t.finish(state, "success", "last epoch done")
 
 
 @dataclass
@@ -125,6 +128,29 @@ class Training:
         # Progress bars on rank 0, except in a notebook run by papermill (ssdwb.apps.notebooks
         # says so): its saved widget would show "0%" in the report; the per-epoch lines remain.
         self.bars = self.main and os.environ.get(PROGRESS_BARS_ENV, "1") != "0"
+        # every rank's liveness; written to ranks/ by a thread only when several ranks run
+        self.beat = Heartbeat(self.folder.path, self.devices.dist.rank,
+                              period=min(10.0, config.dist_timeout_s / 8))
+
+    @contextlib.contextmanager
+    def watchdog(self, state: RunState):
+        """Heartbeat and watchdog threads while the loop runs on several ranks (no silent
+        hangs: ssdwb/engine/watchdog.py); nothing on one rank."""
+        if not self.devices.dist.distributed:
+            yield
+            return
+        c = self.config
+        self.beat.at("train", state.iteration)
+        guard = Watchdog(self.beat.start(), self.world_size, c.dist_timeout_s * 0.9,
+                         c.dist_long_timeout_s * 0.9,
+                         summary=lambda status, reason: self.summary(state, status, reason),
+                         write_summary=self.folder.write_summary)
+        guard.start()
+        try:
+            yield
+        finally:
+            guard.stop()
+            self.beat.stop()
 
     def restore(self, checkpoint: dict) -> RunState:
         """Weights, optimiser, scaler and this rank's RNG states from a checkpoint."""
@@ -188,6 +214,7 @@ class Training:
                                      config.channels_last, self.devices.encode_on,
                                      config.grad_clip_norm)
         state.iteration += 1
+        self.beat.at("train", state.iteration)
         window.add(loss, grad_norm, batch["images"].shape[0] * self.world_size)
         return lr
 
@@ -265,6 +292,7 @@ class Training:
         """Every rank infers its shard with rank 0's BN statistics; rank 0 scores; every rank
         learns the mAP."""
         p, d, config = self.parts, self.data, self.config
+        self.beat.at("eval")
         self.folder.eval_start(ep)
         broadcast_buffers(p.model, self.devices.dist.distributed)
         stats, results = evaluate(p.model, d.val_loader, d.coder, d.val_ds, self.devices.device,
@@ -272,6 +300,7 @@ class Training:
                                   config.eval_backend, self.bars)
         box = [stats["mAP"] if self.main else 0.0]
         if self.devices.dist.distributed:
+            long_wait(self.devices.side_group, config.dist_long_timeout_s)  # rank 0 scores
             torch.distributed.broadcast_object_list(box, src=0)
         state.history.append({"epoch": ep, "iteration": state.iteration,
                               **(stats or {"mAP": box[0]})})
@@ -287,6 +316,7 @@ class Training:
         go in. No rank goes on (returns, or resumes) before rank 0's checkpoint is on disk: a
         rank that resumed at once read the previous checkpoint and skipped other batches."""
         dist, p, ds = self.devices.dist, self.parts, self.data.train_ds
+        self.beat.at("checkpoint")
         rng = [rng_state()]
         if dist.distributed:
             rng = [None] * dist.world_size
@@ -303,24 +333,30 @@ class Training:
             # plain data, so weights_only loading keeps working; `ssdwb predict` names classes
             "classes": [{"id": int(c), "name": ds.label_names[label]}
                         for label, c in sorted(ds.label_to_cat.items())]})
-        if dist.distributed:
-            torch.distributed.barrier()
+        long_wait(self.devices.side_group, self.config.dist_long_timeout_s)
+        self.beat.at("train", state.iteration)
+
+    def summary(self, state: RunState, status: str, reason: str) -> dict:
+        """The run's summary.json, from Python data only (the watchdog builds it too)."""
+        config, history = self.config, state.history
+        return {"run_id": config.run_id, "run_dir": str(self.folder.path), "status": status,
+                "reason": reason, "iterations": state.iteration, "epochs": state.epoch,
+                "world_size": self.world_size, "global_batch": self.global_batch,
+                "amp": self.devices.amp, "channels_last": config.channels_last,
+                "bad_images": state.bad_images,
+                "final_map": history[-1]["mAP"] if history else None,
+                "best_map": state.best_map, "target_map": config.target_map,
+                "target_reached": state.best_map >= config.target_map,
+                "time_to_train_s": state.elapsed(), "evals": history}
 
     def finish(self, state: RunState, status: str, reason: str = "") -> dict:
         """summary.json and ``run_stop``; rank 0's closing line. Returns the summary."""
-        config, history = self.config, state.history
-        summary = {"run_id": config.run_id, "run_dir": str(self.folder.path), "status": status,
-                   "reason": reason, "iterations": state.iteration, "epochs": state.epoch,
-                   "world_size": self.world_size, "global_batch": self.global_batch,
-                   "amp": self.devices.amp, "channels_last": config.channels_last,
-                   "bad_images": state.bad_images,
-                   "final_map": history[-1]["mAP"] if history else None,
-                   "best_map": state.best_map, "target_map": config.target_map,
-                   "target_reached": state.best_map >= config.target_map,
-                   "time_to_train_s": state.elapsed(), "evals": history}
+        self.beat.at("checkpoint")  # the last writes: the long limit
+        summary = self.summary(state, status, reason)
         self.folder.stop(status, summary)
         if self.main:
-            last = f"mAP {summary['final_map']:.4f}" if history else "no eval"
-            print(f"[ssdwb] run {config.run_id} {status}{': ' + reason if reason else ''} after "
-                  f"{state.iteration} iterations; {last}; folder {self.folder.path}", flush=True)
+            last = f"mAP {summary['final_map']:.4f}" if state.history else "no eval"
+            print(f"[ssdwb] run {self.config.run_id} {status}{': ' + reason if reason else ''} "
+                  f"after {state.iteration} iterations; {last}; folder {self.folder.path}",
+                  flush=True)
         return summary

@@ -14,7 +14,7 @@ import torch
 
 from ssdwb.config import TrainConfig
 from ssdwb.data import CocoDetection, build_loader, resolve_data, train_transform, val_transform
-from ssdwb.engine.distributed import DistInfo, init_distributed
+from ssdwb.engine.distributed import DistInfo, init_distributed, side_group
 from ssdwb.engine.optim import SGD
 from ssdwb.runs.checkpoint import load_checkpoint
 from ssdwb.runs.folder import RunFolder
@@ -36,6 +36,7 @@ class Devices:
     amp: str  # "off", "fp16" or "bf16" (``auto`` resolved)
     amp_dtype: torch.dtype | None
     encode_on: str  # "device" or "worker" (``auto`` resolved)
+    side_group: object = None  # gloo group for the long waits on rank 0 (None on one rank)
 
     @property
     def device(self) -> torch.device:
@@ -106,7 +107,7 @@ def anchor_design(config: TrainConfig, checkpoint: dict | None, resume) -> Defau
 def setup_devices(config: TrainConfig, checkpoint: dict | None, resume) -> Devices:
     """The process group (NCCL on CUDA, gloo on CPU), per-device flags and the precision; a
     resumed run must have as many ranks as the one that wrote its checkpoint."""
-    dist = init_distributed(config.device)
+    dist = init_distributed(config.device, timeout_s=config.dist_timeout_s)
     device = dist.device
     if device.type == "cpu":
         tune_cpu_allocator()
@@ -124,7 +125,7 @@ def setup_devices(config: TrainConfig, checkpoint: dict | None, resume) -> Devic
                 f"{checkpoint.get('global_batch')}), resumed with {dist.world_size}: the position "
                 f"in the epoch and the LR schedule depend on the global batch. Resume with "
                 f"{saved} ranks.")
-    return Devices(dist, amp, amp_dtype, encode_on)
+    return Devices(dist, amp, amp_dtype, encode_on, side_group(config.dist_long_timeout_s))
 
 
 def open_run_folder(config: TrainConfig, resume, checkpoint: dict | None,

@@ -4,7 +4,6 @@
     ssdwb plan --system 4xC4140 --img-per-s-per-gpu 610 [--bench-batch 120]
 
 The model, per system (nodes x 4 V100, the per-GPU batch of ``slurm/config_<system>.sh``):
-
     step_s      = step_overhead_s + batch_per_gpu / compute_img_per_s + (1 - overlap) * ring_s
     ring_s      = 2 (N - 1) / N * parameters * grad_bytes / bandwidth + 2 (N - 1) * latency_s
     throughput  = N * batch_per_gpu / step_s                              (N GPUs in the ring)
@@ -123,7 +122,6 @@ DELL_V07 = (Published(System("C4140 (512)", 1, 4, 128), 2297.0, 43.87),
 
 
 def _ssdwb_eval_epochs() -> tuple[int, ...]:
-
     config = TrainConfig()
     return tuple(sorted({*config.eval_epochs(TRAIN_IMAGES), config.epochs}))
 

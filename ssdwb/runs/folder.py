@@ -163,6 +163,12 @@ class RunFolder:
             self.metrics_path), "mlperf_offset": self._offset(self.mlperf.path)}
         atomic_write(self.path / "checkpoint.pt", lambda f: torch.save(state, f))
 
+    def write_summary(self, summary: dict) -> None:
+        """summary.json alone (the watchdog's verdict on a stalled run: nothing else is safe
+        to touch then)."""
+        if self.enabled:
+            atomic_json(summary, self.path / "summary.json")
+
     def stop(self, status: str, summary: dict) -> None:
         self.mlperf.event("run_stop", metadata={"status": status})
         self.tensorboard.close()
