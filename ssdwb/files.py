@@ -44,8 +44,14 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     """Writes ``path`` through ``write(binary file)`` into a temporary file beside it, fsyncs it,
     renames it over ``path`` and fsyncs the folder: a reader (or a crash, or a kill -9 at any
     moment) sees the old complete file or the new complete file, never a torn one; once this
-    returns the new file survives a power loss too (the rename alone would not be durable)."""
+    returns the new file survives a power loss too (the rename alone would not be durable).
+    Missing parent folders are created (``anchors/`` in a fresh clone), durably too."""
     path = Path(path)
+    created, folder = [], path.parent
+    while not folder.exists():
+        created.append(folder)
+        folder = folder.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         write(f)
@@ -53,6 +59,8 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+    for folder in created:  # each new folder's entry in its parent
+        _fsync_dir(folder.parent)
 
 
 def atomic_json(obj, path: str | os.PathLike, indent: int | None = 1) -> None:
