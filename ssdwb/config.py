@@ -284,39 +284,28 @@ if _untyped:  # a new field with a type this module cannot convert yet
     raise TypeError(f"TrainConfig fields without a converter: {_untyped}")
 
 
-# Named presets. "demo": the synthetic shapes set (ssdwb.data.synthetic.DEMO_DATA, 960 images of 300x300)
-# on this project's 2-core CPU machine. The full SSD300 trains at ~2.2 images/s there, so the demo
-# trains the same design at a quarter of the channels (model_width 0.25) from random init, on the
-# production code path: amp "auto" (bf16 on a CPU with native bf16) and channels_last. Recipe
-# chosen on a held-out set made with another seed (ensure_shapes(seed=1), 256 val images), never
-# on the val split (README, The demo):
-#   batch 8, LR flag 0.05 (linear scaling: 0.0125 per step, the same LR per image as batch 16 at
-#   0.025), warmup 240 iterations (1920 images). Batch 16 (warmup 120) left the model
-#   undertrained and seed-dependent: 0.722 on the held-out set, 0.575-0.678 over 4 runs on val.
-#   Batch 8, 32 epochs, seeds 1 and 2 at one thread: 0.752 and 0.760 on the held-out set, at 15 %
-#   fewer images/s (AMX host, 2 threads: 48.5 against 57.2). Not robust: on val, 5 of 6 runs
-#   reached 0.69-0.73 and one (seed 3, threads unset) had a loss spike after the warmup (27.6
-#   at iteration 350) and ended at 0.50; the lowest of the other five had smaller spikes.
-#   grad_clip_norm 10 (not in the reference): the global gradient norm sits at 4-6 after the
-#   warmup, with single steps at 10-60 where the loss jumps (held-out set, unclipped). Clipped
-#   at 10, the held-out seeds 1 and 3 at one thread reached 0.788 and 0.780 and seed 2 unset
-#   0.775 (0.45-0.47 at epoch 8, against 0.28-0.36 unclipped), at the same images/s. Then on
-#   val, once (the matrix, 3 seeds x OMP_NUM_THREADS 1/unset): 0.729-0.750, spread 0.021, no
-#   spike after the warmup.
-#   An LR flag of 0.2 diverged in a trial of the old fp32 recipe; 0.05 did not.
-# The demo is sized to fit 15 minutes of `make demo` on 2 cores, and hosts differ in how fast
-# they train it, so `ssdwb demo` picks one preset per CPU class (demo_preset, runtime.cpu_class),
-# each the same recipe at the epochs that CPU trains in that time, decays and evaluations at the
+# Named presets. "demo": the synthetic shapes set (ssdwb.data.synthetic.DEMO_DATA, 960 images of
+# 300x300) on a 2-core CPU, where the full SSD300 trains far too slowly for a demo of minutes, so
+# the demo trains the same design at a quarter of the channels (model_width 0.25) from random
+# init, on the production code path: amp "auto" (bf16 on a CPU with native bf16) and
+# channels_last. The recipe was chosen on a held-out set made with another seed, never on the val
+# split:
+#   batch 8 with LR flag 0.05 (linear scaling: the same LR per image as batch 16 at 0.025) and a
+#   240-iteration warmup (the same images as batch 16's 120): batch 16 left the model
+#   undertrained and its result seed-dependent;
+#   grad_clip_norm 10 (not in the reference): after the warmup the gradient norm sits well below
+#   10, with single steps far above it where the loss jumps; unclipped, one val run in six had
+#   such a spike after the warmup and ended far below the others;
+#   a larger LR flag (0.2) diverged in a trial of an older recipe.
+# The demo is sized to fit 15 minutes of `make demo` on 2 cores, and CPUs differ in how fast they
+# train it, so `ssdwb demo` picks one preset per CPU class (demo_preset, runtime.cpu_class), each
+# the same recipe at the epochs that class trains in that time, decays and evaluations at the
 # same fractions of the run:
-#   "demo"       AMX-BF16 (hosts of 2026-11-24 and 2026-12-04): ~48 images/s, 32 epochs.
-#   "demo-bf16"  bf16 in the vector units (AVX512-BF16, no AMX; host of 2026-12-03): ~31
-#                images/s at batch 16, where 32 epochs took 16 min of training alone; 20 epochs
-#                at batch 8 (24 at batch 16, less the 15 % that batch 8 cost on the AMX host;
-#                not measured on such a host).
-#   "demo-fp32"  no native bf16 (AVX2 only; hosts of 2026-12-03): fp32 NCHW at 11-16 images/s,
-#                12 epochs. Batch 16 for 13 epochs was not robust (seed 1 at one thread: 0.090).
-#                In fp32, batch 8 trains at the same images/s on 2 cores (bench_train: 13.6
-#                against 13.6).
+#   "demo"       AMX-BF16: 32 epochs.
+#   "demo-bf16"  bf16 in the vector units (AVX512-BF16, no AMX): 20 epochs.
+#   "demo-fp32"  no native bf16 (AVX2 only): fp32 NCHW, 12 epochs.
+# Every measurement behind these choices (mAP matrices, speeds per CPU class, the recipe's
+# history), with its command, date and CPU: docs/demo.md.
 _DEMO = {
     "data_dir": "data/shapes", "backbone_weights": None, "model_width": 0.25, "image_size": 300,
     "batch_size": 8, "lr": 0.05, "warmup": 240, "grad_clip_norm": 10.0, "weight_decay": 5e-4,

@@ -3,10 +3,9 @@
 ``tune_cpu_allocator``: PyTorch's CPU tensors come from glibc ``malloc``. Blocks above glibc's
 mmap threshold (128 KiB at start, adapting up to 32 MiB) are fresh ``mmap`` pages every time, so
 every large temporary (an 8732-prior IoU matrix, a conv activation) pays page faults on first
-touch. Raising the mmap and trim thresholds keeps freed memory in the heap for reuse: on this
-project's 2-core machine the IoU of 496 GT boxes with the 8732 priors went from ~37 ms to ~6 ms
-(measured with the same settings through ``MALLOC_MMAP_THRESHOLD_``; ``bench/bench_core.py``
-applies it to both sides).
+touch. Raising the mmap and trim thresholds keeps freed memory in the heap for reuse, which
+makes the encoder's batch IoU several times faster on the CPU (measured: docs/performance.md;
+``bench/bench_core.py`` applies it to both sides).
 The same effect as ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` in the environment, or
 preloading jemalloc/tcmalloc, as Intel's PyTorch CPU tuning guides suggest. No-op off glibc.
 """
@@ -73,9 +72,10 @@ def cpu_has_native_bf16() -> bool:
 
 def cpu_has_amx_bf16() -> bool:
     """Whether this CPU has AMX-BF16 tiles (Intel Sapphire Rapids and newer): oneDNN then runs
-    bf16 convolutions on the matrix unit: at batch 16 the demo trained at ~57-70 images/s on AMX
-    hosts and at ~31 on an AVX512-BF16 host without AMX (hosts, not side by side). Same
-    ``torch.cpu.get_capabilities()`` flags as ``cpu_has_native_bf16``."""
+    bf16 convolutions on the matrix unit, and the demo trains about twice as fast as with bf16
+    in the vector units alone: hence a preset per class (the speeds measured on each kind of
+    host: docs/demo.md). Same ``torch.cpu.get_capabilities()`` flags as
+    ``cpu_has_native_bf16``."""
     import torch
 
     try:

@@ -22,7 +22,7 @@ by label, the outputs, the checkpoint it came from, and the anchor design (``def
 ``DefaultBoxes.to_dict()``, which ``ssdwb.ssd.anchors.default_boxes`` rebuilds).
 
 :func:`check_onnx` runs the file with onnxruntime (CPU) next to torch; ``ssdwb export`` calls it
-and prints the largest difference. Running the file elsewhere (README, "Export"): resize to
+and prints the largest difference. Running the file elsewhere (docs/using-a-model.md): resize to
 300x300 (bilinear), scale to [0, 1], normalise, run, then ``postprocess(ploc, plabel,
 default_boxes(meta["default_boxes"]))`` (or your own NMS on ``boxes``/``scores``).
 """

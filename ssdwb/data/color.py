@@ -4,8 +4,8 @@ with its hue, brightness and contrast steps done by table lookups.
 The reference jitters PIL images with torchvision's ``ColorJitter``, whose hue step
 (``adjust_hue``) converts the image to HSV, adds to H and converts back. Pillow's two conversions
 (``rgb2hsv_row`` / ``hsv2rgb`` in its Convert.c) are per-pixel float code, the largest step of the
-training input pipeline after decoding and resizing (2.7 ms per image on 2026-11-24's host;
-1.4 ms with the tables, ``bench/bench_data.py --stages``). Their results depend on little of
+training input pipeline after decoding and resizing (the tables about halve it; figures from
+``bench/bench_data.py --stages`` in docs/performance.md). Their results depend on little of
 the input, so they become lookups, done in numpy with in-place integer steps (each temporary
 array costs as much as a lookup):
 
@@ -21,7 +21,7 @@ Brightness and contrast blend with a constant image, so they become 256-entry ``
 made by Pillow's own ``blend``. The H and S tables hold Pillow's own conversion of one
 representative colour per entry; the weights repeat Convert.c's float32 / float64 steps and are
 stored as float32 (the same bytes come out for all 2^24 (H, S, V), tested). The tables are built
-once per process (~0.1 s). Tests compare both directions with Pillow on all 2^24 colours, and
+once per process. Tests compare both directions with Pillow on all 2^24 colours, and
 ``ColorJitter`` with torchvision's on random images and factors.
 """
 
@@ -159,7 +159,7 @@ _LEVELS = np.arange(256, dtype=np.int64)
 def _blend_point(image: Image.Image, degenerate: int, factor: float) -> Image.Image:
     """``Image.blend(constant image, image, factor)`` through a table of Pillow's own blend of
     every byte value. The table goes to the core's ``point`` directly: ``Image.point`` would
-    call ``round()`` on each of its 768 entries (0.15 ms, more than the lookup itself)."""
+    call ``round()`` on each of its 768 entries, which costs more than the lookup itself."""
     table = Image.blend(Image.new("L", (256, 1), degenerate), _RAMP, factor).tobytes()
     return image._new(image.im.point(list(table) * 3, None))
 
@@ -192,7 +192,8 @@ class ColorJitter(v2.ColorJitter):
 
     def forward(self, *inputs):
         if len(inputs) == 1 and isinstance(inputs[0], Image.Image):
-            # what v2's forward does for one image, minus its input checks (0.1 ms an image)
+            # what v2's forward does for one image, minus its input checks (their cost per
+            # image: docs/performance.md)
             return self.transform(inputs[0], self.make_params([inputs[0]]))
         return super().forward(*inputs)
 

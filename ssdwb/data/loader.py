@@ -18,8 +18,7 @@ Batches carry uint8 images; whoever runs the model normalises them on its device
 (``normalize(batch["images"].to(device))``, as ``train.py`` and ``evaluate.py`` do): float32
 batches are four times the bytes to move from a worker to the training process and on to the
 GPU, where the normalisation is free. What mattered more on the CPU was the number of tensors
-per batch (see :class:`Batch`): with 2 workers on 2 cores, ``bench/bench_data.py`` went from 113
-to 114 img/s/core with uint8 images alone and to 140 with the packed batch.
+per batch (see :class:`Batch`; the loader's speed before and after: docs/performance.md).
 
 Where the boxes get encoded (``encode_on``):
 
@@ -29,16 +28,13 @@ Where the boxes get encoded (``encode_on``):
   encodes the batch on the GPU in one batched call, which keeps the CPU workers for decoding and
   augmenting, the bottleneck of a GPU node's input pipeline.
 
-Measured on CPU (``bench/bench_data.py --stages``, 2026-11-24): the encode costs 0.23 ms per
-image, about 4 % of a worker's work per image (decoding and augmenting take ~6 ms). Where it
-runs does not change the loader's throughput in the bench (2 workers: 144.0 img/s/core encoding
-in the workers, 145.2 in the consumer; on 2026-12-01's faster host 164-214 and 201-208 over
-three runs, inside the bench's run-to-run spread), because the bench's consumer has nothing
-else to do; in training the consumer is the training step, and on CPU its encode (7 ms per batch
-of 32) would be added to every step, while in the workers it overlaps with it: hence "worker" on
-CPU. On CUDA the same 4 % of the workers' CPU is what "device" saves, for a few batched kernels
-on the GPU (not measured: this machine has no GPU; ``tests/test_box_coder.py`` checks that CUDA
-and CPU encodes agree where a GPU is present).
+Why "worker" on CPU: the encode is a small share of a worker's work per image (decoding and
+augmenting cost far more), and where it runs does not change the loader's throughput in
+``bench/bench_data.py``, whose consumer has nothing else to do; in training the consumer is the
+training step, and on CPU its encode would be added to every step, while in the workers it
+overlaps with it. On CUDA that share of the workers' CPU is what "device" saves, for a few
+batched kernels on the GPU (not measured without a GPU; ``tests/test_box_coder.py`` checks that
+CUDA and CPU encodes agree where a GPU is present). The figures: docs/performance.md.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def make_shapes_coco(out_dir: str | os.PathLike, num_train: int = 1000, num_val:
 
 # The demo's synthetic dataset: `make demo` and the notebooks' defaults share it. Its images are
 # 300x300 (no resize on the way in) with 1 to 6 objects of 24 px to 60 % of the side: easier
-# than the generator's default mix, so a small model learns it in CPU minutes (README, demo).
+# than the generator's default mix, so a small model learns it in CPU minutes (docs/demo.md).
 DEMO_DATA = {"dir": "data/shapes", "num_train": 960, "num_val": 64, "seed": 0}
 
 

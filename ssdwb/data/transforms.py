@@ -11,7 +11,7 @@ Training, in this order:
 2. Horizontal flip, p = 0.5.
 3. Resize to 300x300 (PIL bilinear, as the reference's ``transforms.Resize`` on PIL images).
    ``resize="tensor"`` (not the default) uses torch's uint8 kernel instead: the same filter,
-   rounded differently (one level on a few % of the values), about 1 ms per image less CPU.
+   rounded differently (one level on a few % of the values), less CPU (docs/performance.md).
 4. Colour jitter: brightness 0.125, contrast 0.5, saturation 0.5, hue 0.05 (``v2.ColorJitter``:
    PIL's enhancers and HSV hue shift, in random order, like the reference's torchvision; the
    hue step through lookup tables with the same pixels, see :mod:`ssdwb.data.color`).
@@ -63,8 +63,8 @@ class SSDRandomCrop:
 
     The IoU test and the box clipping run in numpy float32: the same IEEE operations as
     ``torchvision.ops.box_iou`` and the reference's torch code (scalars compared and clamped in
-    float32 in both), at a fraction of the per-call cost of small torch ops (0.75 ms per image
-    before; a test checks the two give the same crops, boxes and random state).
+    float32 in both), at a fraction of the per-call cost of small torch ops (docs/performance.md;
+    a test checks the two give the same crops, boxes and random state).
     """
 
     def __call__(self, boxes: torch.Tensor, labels: torch.Tensor):
@@ -157,8 +157,8 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
     An RGB image goes through Pillow's ``split``, one plane after the other: ``pil_to_tensor``
     gives a (H, W, C) buffer seen as [C, H, W], and the collate's ``stack`` then gathers its
-    strided bytes into the batch (``bench/bench_data.py --stages``: the stack took 0.08 ms per
-    image that way, 0.02-0.03 from planes).
+    strided bytes into the batch, several times slower than stacking planes
+    (``bench/bench_data.py --stages``; docs/performance.md).
     """
     if image.mode != "RGB":
         return F.pil_to_tensor(image)
@@ -175,7 +175,7 @@ def resize_tensor(image: Image.Image, size: int) -> Image.Image:
     """The same filter through torch's uint8 kernel (``interpolate(mode="bilinear",
     antialias=True)`` on channels-last uint8, vectorised; torchvision's ``Resize`` on uint8
     tensors). It rounds its fixed-point sums differently from Pillow: up to ~4 % of the values
-    differ, by one level (tested), at about a third of the time. The colour jitter then spreads
+    differ, by one level (tested), in less time (docs/performance.md). The colour jitter spreads
     the differences (a grey mean one level off shifts the whole contrast table): on the synthetic
     images up to a quarter of a training image's values differ, by 0.5 levels on average."""
     w, h = image.size
@@ -211,8 +211,8 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 Tensor[B, 3, H, W] -> float32, /255 then (x - mean) / std, as ToTensor + Normalize.
 
     On the CPU the three passes run image by image: one float image (1 MB at 300x300) stays in
-    the core's cache between them, a batch of 32 (35 MB) does not (0.24 -> 0.14 ms per image,
-    same values). On a GPU the batch goes in one piece (three kernels, not three per image).
+    the core's cache between them, a batch of 32 (35 MB) does not (faster, same values;
+    docs/performance.md). On a GPU the batch goes in one piece (three kernels, not three per image).
     """
     if images.device.type != "cpu":
         return _normalize_batch(images)

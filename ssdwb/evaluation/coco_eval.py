@@ -1,9 +1,5 @@
-"""COCO box evaluation: distributed inference, COCO results, and ``coco_eval`` on two backends.
-
-Inference: each rank runs its shard of the val set through the model and ``detect.postprocess``;
-boxes go back to pixel COCO (x, y, w, h) with the original image size (unclipped, as the
-reference) and labels back to COCO category ids; rank 0 gathers everything (dropping the images
-``DistributedSampler`` repeats to even out the shards) and scores it with ``coco_eval``.
+"""COCO box evaluation: the COCO results format, and ``coco_eval`` on two backends. (The
+inference that produces the detections is ``ssdwb.evaluation.inference``.)
 
 ``coco_eval(coco_gt, results, backend)``: ``"faster-coco-eval"`` (C++, the default) or
 ``"pycocotools"`` (the reference's ``COCOeval``); both give the same 12 numbers (tests check it
@@ -12,9 +8,8 @@ to 1e-4). The headline is ``mAP`` = ``stats[0]``, box mAP@[.5:.95].
 ``evaluate`` also returns COCO's error analysis (``ssdwb.evaluation.error_analysis``: AP at IoU .75, .5,
 then with localisation, similar-class, other-class, background and missed-object errors
 forgiven, per object size) in its stats as ``stats["errors"]`` = ``{area: {type: AP}}``, plain
-floats, so each eval line of ``metrics.jsonl`` carries it. On 5000 images with 500,000
-detections it took 1.3-1.7 s where faster-coco-eval took 7.6-13.8 s (9-22 %, same runs, this
-2-core machine; the synthetic set of ``bench/bench_train.py``).
+floats, so each eval line of ``metrics.jsonl`` carries it. It costs a fraction of the COCO
+evaluation itself (measured: docs/performance.md).
 """
 
 from __future__ import annotations

@@ -30,9 +30,9 @@ detections reach. Then COCOeval's greedy matching for all 20 (setting, size) pai
 groups at once: a loop over the rank of a detection in its group (at most 100 steps), each step
 a few array operations over [GT columns, settings, groups]. The precision curves come from
 cumulative sums over each class's score-sorted detections; the 101 recall points are found by
-counting true positives (:func:`_tp_needed`) instead of ``searchsorted`` per class. Cost: 1.3-1.7
-s on 5000 images with 500,000 detections, where faster-coco-eval's evaluation took 7.6-13.8 s
-in the same runs (this 2-core machine, ``bench/bench_train.py``'s synthetic set).
+counting true positives (:func:`_tp_needed`) instead of ``searchsorted`` per class. It is cheap
+enough to run at every evaluation: a fraction of faster-coco-eval's own time (measured:
+docs/performance.md).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ three bins it weighs 4x each other bin). A small term,
 ``1e-3 * mean best IoU``, breaks ties once coverage saturates, so left-over budget still goes
 where boxes fit better.
 
-How (vectorised; seconds on 100k GT boxes):
+How (vectorised; its time on 100k GT boxes: docs/anchors.md):
 
 1. Candidates per level: scales (geometric, 8 to 320 px, within 0.75 to 12 times the level's
    step) x aspect ratios (w:h from 1:8 to 8:1), plus the reference's own box types.

@@ -42,7 +42,7 @@ Where the numbers come from:
   it; 5 us per ring step; no overlap of the all-reduce with the backward pass.
 * ssdwb itself (predictions, not the fit): gradients all-reduced in fp32 (DDP reduces in the
   parameters' dtype, also under AMP), 19,972,534 of them; COCO scoring on rank 0 after each
-  evaluation, 8.3 s (faster-coco-eval on 5000 images, README Performance), on top of
+  evaluation, 8.3 s (faster-coco-eval on 5000 images, docs/performance.md), on top of
   ``eval_gpu_s``.
 * Per-GPU throughput: the default is the fit's, i.e. what a V100 did with NVIDIA's MXNet code.
   ``--img-per-s-per-gpu X`` (what ``bench/bench_gpu.py`` measures for ssdwb on one GPU, at
@@ -68,7 +68,7 @@ __all__ = ["TRAIN_IMAGES", "PARAMETERS", "System", "SYSTEM_TABLE", "read_system_
            "fit_dell", "plan_table", "dell_table", "format_plan"]
 
 TRAIN_IMAGES = 117_266  # COCO 2017 train images with annotations (the reference drops the rest)
-PARAMETERS = 19_972_534  # SSD300-ResNet34 trainable parameters (README)
+PARAMETERS = 19_972_534  # SSD300-ResNet34 trainable parameters (SPEC.md)
 V07_EVAL_EPOCHS = (40, 50, 55, 60, 65, 70, 75, 80)  # NVIDIA's v0.7 SSD (MXNet), Dell ran it
 
 

@@ -14,10 +14,10 @@
 outside the image (IoU 0 with every prior, and ties go to the first, real GT), and the forced
 matches are a ``scatter_reduce`` (``amax`` over GT index, i.e. last GT wins) instead of the
 reference's per-image index assignment. On CPU the images go in blocks, grouped by GT count so
-that little padding is needed, whose padded IoU block fits in L2 cache (``block_rows``): measured
-on this machine, one batch-sized [B, M, 8732] matrix streams through memory several times and is
-~1.5x slower than blocks. Each GT's best prior is ``first_argmax`` (PyTorch's CPU ``argmax``
-is an unvectorized loop, 4x slower). The outputs start as the default boxes with label 0 and
+that little padding is needed, whose padded IoU block fits in L2 cache (``block_rows``): one
+batch-sized [B, M, 8732] matrix streams through memory several times and is slower than blocks
+(docs/performance.md). Each GT's best prior is ``first_argmax`` (PyTorch's CPU ``argmax`` is an
+unvectorized loop, several times slower). The outputs start as the default boxes with label 0 and
 only the positives (a few percent) are written. On CUDA (``dense=True``) the whole batch is one
 block and the positives are written with ``where``, so encoding never reads the device back.
 
