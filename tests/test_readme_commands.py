@@ -50,6 +50,21 @@ EXEMPT = {
                                                "definition file",
 }
 
+# What some commands must leave in the fresh folder (not in the checkout: relative paths resolve
+# against SSDWB_ROOT, see ssdwb/files.py).
+WRITES = {
+    "ssdwb data synth data/shapes --train 960 --val 64 --profile demo":
+        ["data/shapes/annotations/instances_val.json"],
+    "ssdwb train --preset demo --set data_dir=data/shapes run_id=first epochs=4":
+        ["runs/first/checkpoint.pt", "runs/first/summary.json"],
+    "ssdwb anchors fit --data data/thin": ["anchors/thin.json"],
+    "ssdwb report runs/nb": ["runs/nb/report.html"],
+    "ssdwb predict --checkpoint runs/first/checkpoint.pt data/shapes/val --out preds":
+        ["preds/detections.json"],
+    "ssdwb export --checkpoint runs/first/checkpoint.pt --onnx model.onnx --decoded":
+        ["model.onnx"],
+}
+
 # The sizes a test can afford. Fresh training runs get SMALL_RUN (replacing the README's values
 # of the same keys); a resumed run only its epochs.
 SMALL_DATA = {"--train": "16", "--val": "8"}
@@ -119,7 +134,7 @@ def shrink(command: str) -> tuple[dict[str, str], list[str]]:
     env, tokens = _split_env(shlex.split(command))
     args = _subcommand(tokens)
     if args[:2] == ["data", "synth"]:
-        tokens = [SMALL_DATA.get(a, b) if a in SMALL_DATA else b
+        tokens = [SMALL_DATA.get(a, b)
                   for a, b in zip([""] + tokens[:-1], tokens)]
     elif args[:1] == ["train"]:
         tokens = _merge_set(tokens, SMALL_RESUME if "--resume" in args else SMALL_RUN)
@@ -163,17 +178,19 @@ def _run(argv: list[str], ws: Path, env: dict[str, str], timeout: float = 600):
 
 # --- the local Slurm cluster for the CPU2x2 line ----------------------------------------------
 def _other_slurmctlds(mine: set[int]) -> list[int]:
-    """Live slurmctld processes that are not ours: tests/test_slurm.py's cluster, under pytest -n."""
+    """Live slurmctld processes of other test clusters (tests/test_slurm.py's, under pytest -n):
+    started with a slurm.conf under pytest's temporary folders."""
     pids = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) in mine:
             continue
         try:
-            argv0 = (d / "cmdline").read_bytes().split(b"\0")[0]
+            argv = (d / "cmdline").read_bytes().split(b"\0")
             state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if os.path.basename(argv0) == b"slurmctld" and state not in ("Z", "X"):
+        if (os.path.basename(argv[0]) == b"slurmctld" and state not in ("Z", "X")
+                and any(b"/pytest-" in a for a in argv)):
             pids.append(int(d.name))
     return pids
 
@@ -205,7 +222,7 @@ def _sbatch(command: str, ws: Path, request) -> None:
     write its report in ``runs/slurm-<job id>``, as the README's user would find it."""
     cluster = request.getfixturevalue("slurm")
     env, argv = shrink(command)
-    out = _run(argv, ws, _env(ws, {**cluster.env, **env}))
+    out = _run(argv, ws, _env(ws, {"SLURM_CONF": cluster.env["SLURM_CONF"], **env}))
     job = int(re.search(r"Submitted batch job (\d+)", out.stdout).group(1))
     state = cluster.wait_job(job, timeout=1200)
     log = ws / f"slurm-{job}.out"
@@ -219,8 +236,9 @@ def _sbatch(command: str, ws: Path, request) -> None:
 # --- the tests -----------------------------------------------------------------------------------
 def test_every_exempt_command_is_in_the_readme():
     shown = {c for kind, c in COMMANDS if kind == "bash"}
-    assert not set(EXEMPT) - shown, f"EXEMPT lists commands the README no longer shows: " \
-                                    f"{sorted(set(EXEMPT) - shown)}"
+    for table in (EXEMPT, WRITES):
+        assert not set(table) - shown, f"commands the README no longer shows: " \
+                                       f"{sorted(set(table) - shown)}"
     assert all(reason.strip() for reason in EXEMPT.values())
 
 
@@ -258,3 +276,5 @@ def test_readme_command(kind, command, workspace, request):
         _sbatch(command, workspace, request)
     else:
         _run(argv, workspace, _env(workspace, env))
+    missing = [f for f in WRITES.get(command, []) if not (workspace / f).exists()]
+    assert not missing, f"not written in the working folder: {missing}"
