@@ -37,9 +37,10 @@ params=(-r preset "$PRESET" -r data_dir "$DATADIR" -r run_dir "$LOGDIR" -r run_i
         -p eval_batch_size "$EVAL_BATCHSIZE" -p epochs "$NUMEPOCHS" -r device "$DEVICE"
         -p num_workers "$NUM_WORKERS" -r amp "$AMP" -p channels_last "$CHANNELS_LAST")
 [[ -n "${EVAL_AT:-}" ]] && params+=(-p eval_at "$EVAL_AT")
-# EXTRA="key=value ..." plus the MLPerf platform name, as the notebook's `extra` list (JSON).
-extra=$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1].split() + ["submission_platform=" + sys.argv[2]]))' \
-        "${EXTRA:-}" "$SYSTEM")
+# EXTRA="key=value ..." plus the MLPerf platform name and the micro-batches per step (run.slurm
+# derives them from GLOBAL_BATCH), as the notebook's `extra` list (JSON).
+extra=$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1].split() + ["submission_platform=" + sys.argv[2], "grad_accum=" + sys.argv[3]]))' \
+        "${EXTRA:-}" "$SYSTEM" "${GRAD_ACCUM:-1}")
 params+=(-p extra "$extra")
 
 # Slurm signals every process of the step (proctrack), this shell included: keep the shell

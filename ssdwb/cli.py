@@ -19,6 +19,7 @@ from ssdwb.data import CocoDetection, build_loader, resolve_data
 from ssdwb.data.download import DatasetError, download_coco, verify_coco
 from ssdwb.data.synthetic import DEMO_SHAPES, THIN_SHAPES, ensure_shapes, make_shapes_coco
 from ssdwb.data.verify import verify_decode
+from ssdwb.engine.distributed import shutdown
 from ssdwb.engine.loop import train
 from ssdwb.evaluation.inference import evaluate
 from ssdwb.files import resolve_path
@@ -68,10 +69,13 @@ def _config(args) -> int:
 
 
 def _train(args) -> int:
-    if args.resume:
-        summary = train(resume=args.resume, overrides=args.set)
-    else:
-        summary = train(_config_from_args(args))
+    try:
+        if args.resume:
+            summary = train(resume=args.resume, overrides=args.set)
+        else:
+            summary = train(_config_from_args(args))
+    finally:
+        shutdown()
     return 0 if summary["status"] == "success" or "signal" in summary["reason"] else 1
 
 

@@ -52,7 +52,8 @@ class TrainConfig:
     channels_last: bool = False  # NHWC convolutions: faster on tensor cores
     cudnn_benchmark: bool = True  # cuDNN picks the fastest convolution algorithms (CUDA only)
     # optimisation (SPEC.md)
-    batch_size: int = 32  # images per process; global batch = batch_size * world size
+    batch_size: int = 32  # images per micro-batch and rank (BatchNorm's span)
+    grad_accum: int = 1  # micro-batches per step: global batch = batch_size x ranks x grad_accum
     lr: float = 2.5e-3  # base LR for a global batch of 32, scaled by lr_scaling
     lr_scaling: str = "linear"  # linear: lr*gbs/32 | dell: 2.5e-3*max(1, round(lr/2.5e-3*gbs/32))
     warmup: int = 300  # linear warmup iterations from 0 (NVIDIA 300, Dell 650)
@@ -100,8 +101,8 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, not {getattr(self, key)!r}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("batch_size and epochs must be positive")
+        if self.batch_size < 1 or self.epochs < 1 or self.grad_accum < 1:
+            raise ValueError("batch_size, grad_accum and epochs must be positive")
         if not 0 < self.dist_timeout_s <= self.dist_long_timeout_s:
             raise ValueError(f"dist_timeout_s ({self.dist_timeout_s}) must be positive and at "
                              f"most dist_long_timeout_s ({self.dist_long_timeout_s})")
@@ -111,7 +112,11 @@ class TrainConfig:
 
     # --- derived values -------------------------------------------------------------------
     def global_batch(self, world_size: int) -> int:
-        return self.batch_size * world_size
+        return self.batch_size * world_size * self.grad_accum
+
+    def virtual_ranks(self, world_size: int) -> int:
+        """The ranks of the run this one computes like: ``world_size x grad_accum``."""
+        return world_size * self.grad_accum
 
     def base_lr(self, world_size: int) -> float:
         """The learning rate after warmup for this global batch (SPEC.md's two rules)."""

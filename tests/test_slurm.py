@@ -326,3 +326,25 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_metrics(cluster, tiny
     # Bit-exact: every run's steps use DDP's rebuilt bucket layout from its first iteration
     # (ssdwb.engine.loop._rebuild_ddp_buckets), so the requeued job sums gradients in the same order.
     assert [v for _, v in got] == [v for _, v in want]
+
+
+@pytest.mark.parametrize("global_batch, batch, ranks, expected", [
+    (896, 56, 4, "4"),     # Dell's 4-node recipe on one node: 4 micro-batches per step
+    (896, 56, 16, "1"),    # on its own 4 nodes
+    (1536, 24, 32, "2"),   # the 16-node batch on 8 nodes
+])
+def test_global_batch_gives_the_micro_batches_per_step(global_batch, batch, ranks, expected):
+    r = subprocess.run(["bash", "-c", f'source "{SLURM / "grad_accum.sh"}"; '
+                                      f"grad_accum_for {global_batch} {batch} {ranks}"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == expected, r.stderr
+
+
+def test_a_global_batch_that_does_not_divide_is_refused_before_training(tmp_path):
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(ROOT),
+           "SLURM_JOB_NUM_NODES": "1", "SYSTEM": "4xC4140", "DATADIR": str(tmp_path),
+           "GLOBAL_BATCH": "900"}
+    r = subprocess.run(["bash", str(SLURM / "run.slurm")], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 2, r.stderr
+    assert "GLOBAL_BATCH=900 is not a multiple of BATCHSIZE (56) x ranks (4) = 224" in r.stderr

@@ -153,20 +153,21 @@ def test_the_gradient_norm_lines_are_each_windows_mean_and_largest(tiny):
         assert top == pytest.approx(want_top, rel=1e-5)
 
 
-@pytest.mark.parametrize("cut,workers", [(4, 0), (6, 0), (6, 1)],
-                         ids=["epoch-end", "mid-epoch", "mid-epoch-worker"])
-def test_resume_gives_the_same_metrics(tiny, cut, workers):
-    """4 iterations per epoch: cut=4 stops at the end of epoch 1, cut=6 half-way through 2."""
+@pytest.mark.parametrize("cut,workers,accum", [(4, 0, 1), (6, 0, 1), (6, 1, 1), (3, 0, 2)],
+                         ids=["epoch-end", "mid-epoch", "mid-epoch-worker", "mid-epoch-accum"])
+def test_resume_gives_the_same_metrics(tiny, cut, workers, accum):
+    """4 iterations per epoch: cut=4 stops at the end of epoch 1, cut=6 half-way through 2;
+    with grad_accum=2, 2 steps per epoch and cut=3 half-way through 2."""
     from ssdwb.engine.loop import train
 
-    ref = tiny / "runs" / f"full-w{workers}"
+    ref = tiny / "runs" / f"full-w{workers}-k{accum}"
     if not ref.exists():
-        train(tiny_config(tiny, ref.name, num_workers=workers))
-    name = f"cut{cut}-w{workers}"
-    first = train(tiny_config(tiny, name, max_iters=cut, num_workers=workers))
+        train(tiny_config(tiny, ref.name, num_workers=workers, grad_accum=accum))
+    name = f"cut{cut}-w{workers}-k{accum}"
+    first = train(tiny_config(tiny, name, max_iters=cut, num_workers=workers, grad_accum=accum))
     assert first["status"] == "aborted" and first["iterations"] == cut
     resumed = train(resume=tiny / "runs" / name, overrides=["max_iters=0"])
-    assert resumed["status"] == "success" and resumed["iterations"] == 8
+    assert resumed["status"] == "success" and resumed["iterations"] == 8 // accum
 
     def values(path):
         return [{k: v for k, v in x.items() if k != "images_per_s"} for x in lines(path)]
@@ -265,8 +266,11 @@ def test_gpu_code_paths_train_on_the_cpu(tiny, changes):
 @pytest.mark.parametrize("changes", [{"grad_clip_norm": 10.0},
                                      {"encode_on": "device", "amp": "bf16", "channels_last": True},
                                      {"encode_on": "device", "amp": "fp16", "channels_last": True,
-                                      "grad_clip_norm": 10.0}],
-                         ids=["cpu-path", "cuda-path", "cuda-fp16-path"])
+                                      "grad_clip_norm": 10.0},
+                                     # 8 images, 4 steps per epoch: the cut is in epoch 2
+                                     {"grad_accum": 2, "grad_clip_norm": 10.0, "epochs": 2,
+                                      "eval_at": [2]}],
+                         ids=["cpu-path", "cuda-path", "cuda-fp16-path", "grad-accum"])
 def test_host_syncs_at_most_one_per_log_interval(tiny, changes):
     """The steady path reads the device once per log interval: 4 more iterations at
     log_interval=2 add at most 2 reads (``.item()``/``bool(tensor)``/``nonzero`` would add one
@@ -294,11 +298,47 @@ def test_host_syncs_at_most_one_per_log_interval(tiny, changes):
 
     def syncs(iterations):
         with CountSyncs() as c:
+            kw = {"batch_size": 1, "epochs": 1, "eval_at": [1], **changes}
             s = train(tiny_config(tiny, f"syncs{iterations}-{'-'.join(map(str, changes.values()))}",
-                                  batch_size=1,
-                                  epochs=1, eval_at=[1], max_iters=iterations, log_interval=2,
-                                  num_workers=1, **changes))
+                                  max_iters=iterations, log_interval=2, num_workers=1, **kw))
         assert s["iterations"] == iterations
         return c.n
 
     assert syncs(6) - syncs(2) <= 2
+
+
+def test_a_signal_at_an_epochs_last_step_resumes_at_the_epoch_end(tiny, monkeypatch):
+    """A stop read at the epoch's last step checkpoints position = steps per epoch; the resumed
+    pass has no step left and goes straight to the epoch's end (evaluation, checkpoint)."""
+    import signal
+
+    from ssdwb.engine import loop
+
+    run = tiny / "runs" / "sig-last"
+
+    class StopAtIterationFour(loop.StopSignal):
+        """The flag is read before the step's line is written: 3 lines means iteration 4."""
+
+        @property
+        def received(self):
+            m = run / "metrics.jsonl"
+            return signal.SIGUSR1 if m.exists() and len(lines(m)) >= 3 else None
+
+        @received.setter
+        def received(self, value):
+            pass
+
+    monkeypatch.setattr(loop, "StopSignal", StopAtIterationFour)
+    first = loop.train(tiny_config(tiny, "sig-last"))
+    assert first["iterations"] == 4 and "signal" in first["reason"]
+    monkeypatch.undo()
+    resumed = loop.train(resume=run)
+    assert resumed["status"] == "success" and resumed["iterations"] == 8
+    ref = tiny / "runs" / "full-w0-k1"
+    if not ref.exists():
+        loop.train(tiny_config(tiny, ref.name))
+
+    def values(path):
+        return [{k: v for k, v in x.items() if k != "images_per_s"} for x in lines(path)]
+
+    assert values(run / "metrics.jsonl") == values(ref / "metrics.jsonl")

@@ -4,13 +4,11 @@ stays loadable and ``--resume`` goes on (ssdwb/engine/watchdog.py)."""
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from ranks import launch, wait_all
 
 from ssdwb.data.synthetic import make_shapes_coco
 from ssdwb.engine.watchdog import Heartbeat, stale_ranks
@@ -33,27 +31,6 @@ def test_stale_ranks_names_old_missing_and_torn_heartbeats(tmp_path):
     assert stale_ranks(tmp_path, 2, max_age=60, now=now) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(args: list[str], log_dir, tag: str) -> list[subprocess.Popen]:
-    """Two gloo ranks of ``python -m ssdwb train ARGS``, as torchrun would start them."""
-    port = str(_free_port())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    procs = []
-    for rank in (0, 1):
-        out = open(log_dir / f"{tag}_rank{rank}.log", "w")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "ssdwb", "train", *args],
-            env={**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
-                 "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"},
-            stdout=out, stderr=subprocess.STDOUT))
-    return procs
-
-
 def _wait_for(predicate, what: str, limit_s: float, procs) -> None:
     deadline = time.time() + limit_s
     while not predicate():
@@ -73,7 +50,7 @@ def test_a_stopped_rank_is_named_and_the_run_resumes(tmp_path):
             "batch_size=2", "eval_batch_size=2", "num_workers=0", "amp=off",
             "channels_last=false", "epochs=50", "eval_at=[1]", "log_interval=1", "warmup=2",
             "tensorboard=false", "dist_timeout_s=20", "dist_long_timeout_s=60", "device=cpu"]
-    procs = _launch(["--preset", "demo", "--set", *sets], tmp_path, "first")
+    procs = launch(["--preset", "demo", "--set", *sets], tmp_path, "first")
     try:
         _wait_for(lambda: (run / "checkpoint.pt").exists(), "checkpoint after epoch 1", 600,
                   procs)
@@ -100,10 +77,9 @@ def test_a_stopped_rank_is_named_and_the_run_resumes(tmp_path):
     done = checkpoint["iteration"]
     assert checkpoint["epoch"] >= 1 and done > 0
 
-    again = _launch(["--resume", str(run), "--set", f"epochs={checkpoint['epoch'] + 1}"],
+    again = launch(["--resume", str(run), "--set", f"epochs={checkpoint['epoch'] + 1}"],
                     tmp_path, "resume")
-    codes = [p.wait(timeout=600) for p in again]
-    assert codes == [0, 0], (tmp_path / "resume_rank0.log").read_text()[-3000:]
+    wait_all(again, tmp_path, "resume")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "success" and summary["iterations"] > done, summary
 

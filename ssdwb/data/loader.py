@@ -51,7 +51,8 @@ from torch.utils.data import DataLoader, DistributedSampler, default_collate
 from ssdwb.data.coco import SampleKey
 from ssdwb.runtime import tune_cpu_allocator
 
-__all__ = ["Batch", "Collate", "Loader", "ShardSampler", "build_loader", "sample_seeds",
+__all__ = ["Batch", "Collate", "Loader", "ShardSampler", "MicroBatchSampler", "build_loader",
+           "skip_steps", "steps_per_epoch", "iter_steps", "micro_batches_of", "sample_seeds",
            "set_epoch"]
 
 
@@ -256,11 +257,47 @@ class ShardSampler(DistributedSampler):
         return map(SampleKey, indices, seeds)
 
 
+class MicroBatchSampler:
+    """The batches of ``k`` virtual ranks hosted by one rank, interleaved by step: batch s of
+    virtual rank ``rank * k``, then of ``rank * k + 1``, ... then batch s + 1 of each.
+
+    Virtual rank v reads what rank v of a ``world * k``-rank run reads: its ``ShardSampler``
+    shard (``num_replicas = world * k``) with its samples' augmentation seeds, so the data of a
+    run depends only on the global batch and on ``world * k`` (gradient accumulation).
+    """
+
+    def __init__(self, dataset, batch_size: int, k: int, rank: int, world: int, seed: int):
+        self.batch_size, self.k = batch_size, k
+        self.shards = [ShardSampler(dataset, num_replicas=world * k, rank=rank * k + j,
+                                    shuffle=True, seed=seed, drop_last=True)
+                       for j in range(k)]
+
+    def set_epoch(self, epoch: int) -> None:
+        for shard in self.shards:
+            shard.set_epoch(epoch)
+
+    def skip_batches(self, n: int, batch_size: int) -> None:
+        """Starts the next pass at step ``n`` (``batch_size``: each shard's, as ShardSampler)."""
+        for shard in self.shards:
+            shard.skip_batches(n, batch_size)
+
+    def __len__(self) -> int:
+        return self.k * (len(self.shards[0]) // self.batch_size)
+
+    def __iter__(self):
+        b = self.batch_size
+        keys = [list(shard) for shard in self.shards]
+        steps = len(keys[0]) // b
+        for s in range(steps):
+            for shard in keys:
+                yield shard[s * b:(s + 1) * b]
+
+
 def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None = None,
                  num_workers: int = 0, seed: int = 0, coder=None, encode_on: str = "worker",
                  device: torch.device | str = "cpu", drop_last: bool | None = None,
                  persistent_workers: bool = False, rank: int | None = None,
-                 world_size: int | None = None) -> Loader:
+                 world_size: int | None = None, micro_batches: int = 1) -> Loader:
     """A DataLoader over ``dataset`` for one rank.
 
     Args:
@@ -272,6 +309,9 @@ def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None
         rank, world_size: override the process group's (to inspect another rank's shard).
         persistent_workers: keep the workers across epochs (each epoch's order and seeds still
             come from :func:`set_epoch`: the sampler runs in this process).
+        micro_batches: k > 1 (training only): this rank hosts k virtual ranks of a
+            ``world * k``-rank run and the loader yields their batches interleaved
+            (:class:`MicroBatchSampler`); a step is k consecutive batches.
 
     With ``train=True`` the sampler yields ``SampleKey(index, seed)``: the dataset must accept
     them (:class:`ssdwb.data.CocoDetection` does).
@@ -281,14 +321,22 @@ def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None
     world = world_size or (torch.distributed.get_world_size() if distributed else 1)
     rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
     drop_last = train if drop_last is None else drop_last
-    sampler = ShardSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed,
-                           drop_last=drop_last, keys=train)
     if encode_on not in ("worker", "device"):
         raise ValueError(f"encode_on must be 'worker' or 'device', not {encode_on!r}")
+    if micro_batches > 1:
+        if not train:
+            raise ValueError("micro_batches: training loaders only")
+        batching = {"batch_sampler": MicroBatchSampler(dataset, batch_size, micro_batches,
+                                                       rank, world, seed)}
+    else:
+        batching = {"batch_size": batch_size, "drop_last": drop_last,
+                    "sampler": ShardSampler(dataset, num_replicas=world, rank=rank,
+                                            shuffle=train, seed=seed, drop_last=drop_last,
+                                            keys=train)}
     loader = Loader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        dataset, num_workers=num_workers, **batching,
         collate_fn=Collate(coder if encode_on == "worker" else None),
-        pin_memory=torch.device(device).type == "cuda", drop_last=drop_last,
+        pin_memory=torch.device(device).type == "cuda",
         worker_init_fn=_worker_init if num_workers > 0 else None,
         # the workers' own torch seeds (base seed + worker id): the augmentations do not use
         # them, they draw from their samples' seeds
@@ -296,9 +344,40 @@ def build_loader(dataset, batch_size: int, train: bool, distributed: bool | None
         persistent_workers=persistent_workers and num_workers > 0,
     )
     loader.seed = seed
+    loader.micro_batches = micro_batches
     return loader
+
+
+def _order(loader: DataLoader):
+    """What decides the order: the micro-batch sampler, or the shard sampler."""
+    return loader.batch_sampler if micro_batches_of(loader) > 1 else loader.sampler
+
+
+def micro_batches_of(loader: DataLoader) -> int:
+    return getattr(loader, "micro_batches", 1)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
     """Sets the shuffle order and the samples' augmentation seeds from (seed, epoch) alone."""
-    loader.sampler.set_epoch(epoch)
+    _order(loader).set_epoch(epoch)
+
+
+def skip_steps(loader: DataLoader, steps: int, batch_size: int) -> None:
+    """The next pass starts at step ``steps`` (``batch_size`` images per micro-batch) without
+    loading the batches before it."""
+    _order(loader).skip_batches(steps, batch_size)
+
+
+def iter_steps(loader: DataLoader):
+    """One pass as optimiser steps: lists of ``micro_batches`` consecutive batches."""
+    k, step = micro_batches_of(loader), []
+    for batch in loader:
+        step.append(batch)
+        if len(step) == k:
+            yield step
+            step = []
+
+
+def steps_per_epoch(loader: DataLoader) -> int:
+    """Optimiser steps per pass: batches / micro-batches per step."""
+    return len(loader) // micro_batches_of(loader)

@@ -26,7 +26,7 @@ from datetime import timedelta
 import torch
 
 __all__ = ["DistInfo", "init_distributed", "env_rank", "first_host", "slurm_rendezvous",
-           "side_group", "long_wait"]
+           "side_group", "long_wait", "shutdown"]
 
 
 @dataclass
@@ -125,3 +125,10 @@ def long_wait(group, timeout_s: int) -> None:
     if group is not None:
         torch.distributed.monitored_barrier(group=group, timeout=timedelta(seconds=timeout_s),
                                             wait_all_ranks=True)
+
+
+def shutdown() -> None:
+    """Ends the process group at the end of a command (left to the interpreter's exit, gloo's
+    threads can abort the process: "terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

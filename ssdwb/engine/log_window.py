@@ -2,7 +2,7 @@
 
 The steady path reads the device once per ``log_interval``: the window's summed loss, the epoch's
 summed loss, the gradient-norm statistics, the non-finite flag and the stop flag travel in one
-tensor, read with one ``tolist()`` (and, under DDP, one all_reduce of the two flags).
+tensor, read with one ``tolist()`` (and, under DDP, one all_reduce of the losses and flags).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ class WindowReading:
     """One host read of a :class:`LogWindow`.
 
     Attributes:
-        loss_sum: the window's summed step losses (this rank's).
-        epoch_loss_sum: the epoch's summed step losses so far (this rank's).
+        loss_sum: the window's summed step losses (mean over ranks).
+        epoch_loss_sum: the epoch's summed step losses so far (mean over ranks).
         grad_sum, grad_max, grad_steps: sum and largest of the gradient norms before clipping,
             and how many steps had one (an fp16 step skipped for overflow has none).
         nonfinite: a step of the window had a non-finite loss (on any rank).
@@ -72,17 +72,20 @@ class LogWindow:
         self.steps += 1
         self.images += images
 
-    def read(self, stop_requested: bool, distributed: bool) -> WindowReading:
-        """The window's sums and flags in one host read; under DDP the non-finite and stop flags
-        are the largest over ranks (the gradient norms are alike on every rank already)."""
-        flags = torch.stack([self.loss.float(), self.epoch_loss.float(), *self.grad,
-                             (~torch.isfinite(self.loss)).float(),
-                             torch.full((), float(stop_requested), device=self.device)])  # a fill
-        if distributed:
-            shared = flags[5:].clone()
-            torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
-            flags = torch.cat([flags[:5], shared])
-        loss, epoch_loss, grad_sum, grad_max, grad_steps, nonfinite, stop = flags.tolist()
+    def read(self, stop_requested: bool, world_size: int) -> WindowReading:
+        """The window's sums and flags in one host read. Over several ranks the losses become
+        the mean over ranks (each rank's is already the mean of its micro-batches: the mean over
+        every virtual rank) and the flags any rank's, in the one all_reduce of the interval;
+        the gradient norms are alike on every rank already."""
+        shared = torch.stack([self.loss.float(), self.epoch_loss.float(),
+                              (~torch.isfinite(self.loss)).float(),
+                              torch.full((), float(stop_requested), device=self.device)])  # a fill
+        if world_size > 1:
+            torch.distributed.all_reduce(shared)
+        loss, epoch_loss, nonfinite, stop, grad_sum, grad_max, grad_steps = torch.cat(
+            [shared, self.grad]).tolist()
+        if world_size > 1:
+            loss, epoch_loss = loss / world_size, epoch_loss / world_size
         return WindowReading(loss, epoch_loss, grad_sum, grad_max, grad_steps, bool(nonfinite),
                              bool(stop), time.time())
 

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ssdwb.config import TrainConfig
-from ssdwb.data import set_epoch
+from ssdwb.data.loader import iter_steps, set_epoch, skip_steps
 from ssdwb.engine.distributed import long_wait
 from ssdwb.engine.log_window import LogWindow, WindowReading
 from ssdwb.engine.setup import (
@@ -47,6 +47,7 @@ from ssdwb.engine.setup import (
     anchor_design,
     build_data,
     build_parts,
+    fit_to_ranks,
     load_config,
     open_run_folder,
     save_run_design,
@@ -80,7 +81,8 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
     """
     checkpoint, config = load_config(config, resume, overrides)
     dboxes = anchor_design(config, checkpoint, resume)
-    devices = setup_devices(config, checkpoint, resume)
+    devices = setup_devices(config)
+    config = fit_to_ranks(config, checkpoint, resume, devices.dist.world_size)
     config, folder = open_run_folder(config, resume, checkpoint, devices.dist)
     torch.manual_seed(config.seed)  # same initial weights on every rank
     data = build_data(config, devices, dboxes)
@@ -167,7 +169,8 @@ class Training:
             print(f"[ssdwb] run {c.run_id}: {self.world_size} rank(s) on {d.device.type}, amp "
                   f"{d.amp}, channels_last {c.channels_last}, anchors {c.anchors} "
                   f"({self.dboxes.num_priors} boxes), {self.data.iters_per_epoch} "
-                  f"iterations/epoch, global batch {self.global_batch}", flush=True)
+                  f"iterations/epoch, global batch {self.global_batch} ({self.world_size} x "
+                  f"{c.grad_accum} x {c.batch_size})", flush=True)
 
     # --- the epoch -----------------------------------------------------------------------------
     def train_one_epoch(self, state: RunState, epoch: int, stop: StopSignal) -> Outcome | None:
@@ -182,29 +185,32 @@ class Training:
         # Resuming mid-epoch: the sampler starts at batch `skip`; samples carry their own
         # augmentation seeds, so the batches after it are the ones the first run saw.
         if skip:
-            loader.sampler.skip_batches(skip, loader.batch_size)
+            skip_steps(loader, skip, config.batch_size)
         window = LogWindow(self.devices.device, state.iteration)
         epoch_t, bad_files, reading = time.time(), [], None
         with tqdm(total=n, initial=skip, desc=f"epoch {ep}", disable=not self.bars,
                   mininterval=5, leave=False) as bar:
-            for i, batch in enumerate(loader, start=skip):
+            for i, batch in enumerate(iter_steps(loader), start=skip):
                 lr = self.step(state, batch, window)
-                bad_files += batch.get("bad_images") or []
+                bad_files += [f for micro in batch for f in micro.get("bad_images") or []]
                 state.position = i + 1
                 bar.update(1)
                 limit = bool(config.max_iters) and state.iteration >= config.max_iters
                 if state.iteration % config.log_interval and i + 1 < n and not limit:
                     continue
-                reading = window.read(stop.received is not None, self.devices.dist.distributed)
+                reading = window.read(stop.received is not None, self.world_size)
                 outcome = self.log_point(state, window, reading, lr, ep, limit)
                 if outcome is not None:
                     return outcome
-        # the epoch's last step is always a log point: `reading` is the epoch's last read
-        self.epoch_line(ep, state.iteration - epoch * n - skip, reading.at - epoch_t, reading)
+        # The epoch's last step is always a log point: `reading` is its read. None: the pass had
+        # no step left (a signal stopped the run at the epoch's last step; this is its resume).
+        if reading is not None:
+            self.epoch_line(ep, state.iteration - epoch * n - skip, reading.at - epoch_t, reading)
         return self.end_of_training_epoch(state, ep, bad_files)
 
-    def step(self, state: RunState, batch: dict, window: LogWindow) -> float:
-        """One optimiser step at the schedule's LR; its sums go into ``window``."""
+    def step(self, state: RunState, batch: list[dict], window: LogWindow) -> float:
+        """One optimiser step (on ``grad_accum`` micro-batches) at the schedule's LR; its sums
+        go into ``window``."""
         config, p = self.config, self.parts
         lr = config.lr_at(state.iteration, self.world_size, self.data.iters_per_epoch)
         for group in p.optimizer.param_groups:
@@ -215,7 +221,7 @@ class Training:
                                      config.grad_clip_norm)
         state.iteration += 1
         self.beat.at("train", state.iteration)
-        window.add(loss, grad_norm, batch["images"].shape[0] * self.world_size)
+        window.add(loss, grad_norm, sum(len(m["images"]) for m in batch) * self.world_size)
         return lr
 
     def log_point(self, state: RunState, window: LogWindow, reading: WindowReading, lr: float,
@@ -240,7 +246,7 @@ class Training:
         return None
 
     def epoch_line(self, ep: int, done: int, seconds: float, reading: WindowReading) -> None:
-        """Rank 0's line per epoch: images/s, the epoch's mean loss (rank 0's batches, not the
+        """Rank 0's line per epoch: images/s, the epoch's mean loss (over every rank, not the
         last window's: that window has just been reset when the epoch ends on a log interval)
         and the ETA (training only)."""
         if not self.main:

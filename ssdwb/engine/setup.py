@@ -14,6 +14,7 @@ import torch
 
 from ssdwb.config import TrainConfig
 from ssdwb.data import CocoDetection, build_loader, resolve_data, train_transform, val_transform
+from ssdwb.data.loader import steps_per_epoch
 from ssdwb.engine.distributed import DistInfo, init_distributed, side_group
 from ssdwb.engine.optim import SGD
 from ssdwb.runs.checkpoint import load_checkpoint
@@ -25,7 +26,7 @@ from ssdwb.ssd.loss import MultiBoxLoss
 from ssdwb.ssd.model import build_model, check_design
 
 __all__ = ["Devices", "Data", "Parts", "load_config", "anchor_design", "setup_devices",
-           "open_run_folder", "build_data", "build_parts"]
+           "fit_to_ranks", "open_run_folder", "build_data", "build_parts"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class Data:
 
     @property
     def iters_per_epoch(self) -> int:
-        return len(self.train_loader)
+        """Optimiser steps per epoch (each on ``grad_accum`` micro-batches)."""
+        return steps_per_epoch(self.train_loader)
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,8 @@ def anchor_design(config: TrainConfig, checkpoint: dict | None, resume) -> Defau
     return dboxes
 
 
-def setup_devices(config: TrainConfig, checkpoint: dict | None, resume) -> Devices:
-    """The process group (NCCL on CUDA, gloo on CPU), per-device flags and the precision; a
-    resumed run must have as many ranks as the one that wrote its checkpoint."""
+def setup_devices(config: TrainConfig) -> Devices:
+    """The process group (NCCL on CUDA, gloo on CPU), per-device flags and the precision."""
     dist = init_distributed(config.device, timeout_s=config.dist_timeout_s)
     device = dist.device
     if device.type == "cpu":
@@ -117,15 +118,30 @@ def setup_devices(config: TrainConfig, checkpoint: dict | None, resume) -> Devic
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
     encode_on = config.encode_on if config.encode_on != "auto" else (
         "device" if device.type == "cuda" else "worker")
-    if checkpoint is not None:
-        saved = checkpoint.get("world_size", dist.world_size)
-        if saved != dist.world_size:
-            raise ValueError(
-                f"{Path(resume) / 'checkpoint.pt'}: written by {saved} ranks (global batch "
-                f"{checkpoint.get('global_batch')}), resumed with {dist.world_size}: the position "
-                f"in the epoch and the LR schedule depend on the global batch. Resume with "
-                f"{saved} ranks.")
     return Devices(dist, amp, amp_dtype, encode_on, side_group(config.dist_long_timeout_s))
+
+
+def fit_to_ranks(config: TrainConfig, checkpoint: dict | None, resume,
+                 world_size: int) -> TrainConfig:
+    """Elastic resume: a checkpoint written by W ranks x k micro-batches goes on with
+    ``world_size`` ranks x ``W * k / world_size`` micro-batches (the same virtual ranks, so the
+    same data, global batch and schedule); refused, naming the rank counts that work, when
+    ``world_size`` does not divide ``W * k``."""
+    if checkpoint is None:
+        return config
+    saved_world = checkpoint.get("world_size", world_size)
+    saved_k = int(checkpoint["config"].get("grad_accum", 1))
+    virtual = saved_world * saved_k
+    if config.grad_accum * world_size == virtual:
+        return config
+    if virtual % world_size or config.grad_accum != saved_k:
+        fits = [w for w in range(1, virtual + 1) if virtual % w == 0]
+        raise ValueError(
+            f"{Path(resume) / 'checkpoint.pt'}: written by {saved_world} rank(s) x grad_accum "
+            f"{saved_k} = {virtual} virtual ranks (global batch {checkpoint.get('global_batch')})"
+            f"; {world_size} rank(s) x grad_accum {config.grad_accum} do not make {virtual}. "
+            f"Resume with one of {fits} ranks (grad_accum follows), or leave grad_accum unset.")
+    return config.replace(grad_accum=virtual // world_size)
 
 
 def open_run_folder(config: TrainConfig, resume, checkpoint: dict | None,
@@ -167,11 +183,11 @@ def build_data(config: TrainConfig, devices: Devices, dboxes: DefaultBoxes) -> D
     train_loader = build_loader(train_ds, config.batch_size, train=True,
                                 num_workers=config.num_workers, seed=config.seed, coder=coder,
                                 encode_on=devices.encode_on, device=devices.device,
-                                persistent_workers=True)
+                                persistent_workers=True, micro_batches=config.grad_accum)
     val_loader = build_loader(val_ds, config.eval_batch_size, train=False,
                               num_workers=config.num_workers, seed=config.seed,
                               device=devices.device, persistent_workers=True)
-    if len(train_loader) == 0:
+    if steps_per_epoch(train_loader) == 0:
         raise ValueError(f"{paths['train_ann']}: {len(train_ds)} images is less than one global "
                          f"batch of {config.global_batch(devices.dist.world_size)}")
     return Data(train_ds, val_ds, train_loader, val_loader, coder)

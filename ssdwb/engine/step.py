@@ -7,6 +7,8 @@ same code.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ssdwb.data.transforms import normalize
@@ -14,12 +16,19 @@ from ssdwb.data.transforms import normalize
 __all__ = ["train_step", "rebuild_ddp_buckets", "broadcast_buffers"]
 
 
-def train_step(model, criterion, optimizer, scaler, coder, batch: dict, device: torch.device,
-               amp_dtype: torch.dtype | None, channels_last: bool, encode_on: str,
-               grad_clip_norm: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One training step on one batch of ``build_loader``: to the device, normalise, (encode),
-    forward under autocast, the float32 loss, backward through the scaler, (gradient clipping),
-    SGD step.
+def train_step(model, criterion, optimizer, scaler, coder, batch: dict | list[dict],
+               device: torch.device, amp_dtype: torch.dtype | None, channels_last: bool,
+               encode_on: str, grad_clip_norm: float = 0.0
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimiser step on one batch of ``build_loader`` (or on the k micro-batches of a
+    step with gradient accumulation): to the device, normalise, (encode), forward under
+    autocast, the float32 loss, backward through the scaler, (gradient clipping), SGD step.
+
+    With k micro-batches each loss is divided by k and DDP all-reduces on the last one only
+    (``no_sync`` on the others). BatchNorm's running statistics keep micro-batch 0's update
+    alone, as virtual rank 0 of a run with k times the ranks keeps its own (that run's DDP
+    broadcasts rank 0's buffers at every forward): the buffers are saved after micro-batch 0
+    and put back after each other one.
 
     ``grad_clip_norm`` > 0 scales the gradients down to that global L2 norm when it is above it
     (not in the reference, which does not clip; the CPU demo's guard against loss spikes). Under
@@ -31,15 +40,48 @@ def train_step(model, criterion, optimizer, scaler, coder, batch: dict, device: 
     the clipping does not either.
 
     Args:
+        model: the model, or its DDP wrapper.
         batch: ``{"images": uint8 Tensor[B, 3, S, S], "boxes": list of Tensor[N_b, 4] (x1, y1,
             x2, y2) fractions, "labels": list of Tensor[N_b]}``, plus ``"gloc"`` (Tensor[B, P,
-            4] xywh offsets) and ``"glabel"`` (Tensor[B, P]) when the loader encoded them.
+            4] xywh offsets) and ``"glabel"`` (Tensor[B, P]) when the loader encoded them; or a
+            list of k such micro-batches.
         encode_on: ``"device"`` encodes the boxes here; ``"worker"`` uses ``gloc``/``glabel``.
 
     Returns:
-        (loss, grad_norm): scalar Tensors on ``device``, not read; ``grad_norm`` is the norm
-        before clipping, None without clipping (it is not computed then).
+        (loss, grad_norm): scalar Tensors on ``device``, not read; ``loss`` is the mean of the
+        micro-batches' losses; ``grad_norm`` is the norm before clipping, None without clipping
+        (it is not computed then).
     """
+    batches = batch if isinstance(batch, list) else [batch]
+    k = len(batches)
+    module = getattr(model, "module", model)
+    optimizer.zero_grad(set_to_none=True)
+    total, saved = None, None
+    for j, micro in enumerate(batches):
+        sync = j == k - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            loss = _micro_batch_loss(model, criterion, coder, micro, device, amp_dtype,
+                                     channels_last, encode_on)
+            scaler.scale(loss / k if k > 1 else loss).backward()
+        if k > 1 and j == 0:
+            saved = [b.detach().clone() for b in module.buffers()]
+        elif k > 1:
+            with torch.no_grad():
+                for b, s in zip(module.buffers(), saved):
+                    b.copy_(s)
+        total = loss.detach() if total is None else total + loss.detach()
+    grad_norm = None
+    if grad_clip_norm > 0:
+        scaler.unscale_(optimizer)  # a no-op when the scaler is disabled (fp32, bf16)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return (total / k if k > 1 else total), grad_norm
+
+
+def _micro_batch_loss(model, criterion, coder, batch: dict, device: torch.device,
+                      amp_dtype: torch.dtype | None, channels_last: bool,
+                      encode_on: str) -> torch.Tensor:
     images = normalize(batch["images"].to(device, non_blocking=True))
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -53,16 +95,7 @@ def train_step(model, criterion, optimizer, scaler, coder, batch: dict, device: 
         glabel = batch["glabel"].to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         ploc, plabel = model(images)
-    loss = criterion(ploc, plabel, gloc.transpose(1, 2), glabel)  # float32 inside
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    grad_norm = None
-    if grad_clip_norm > 0:
-        scaler.unscale_(optimizer)  # a no-op when the scaler is disabled (fp32, bf16)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss, grad_norm
+    return criterion(ploc, plabel, gloc.transpose(1, 2), glabel)  # float32 inside
 
 
 def rebuild_ddp_buckets(ddp, model, criterion, coder, batch_size: int, image_size: int,

@@ -74,6 +74,8 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
@@ -131,6 +133,8 @@ class Watchdog:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def limit(self, phase: str) -> float:
         return self.long_limit_s if phase in LONG_PHASES else self.limit_s
