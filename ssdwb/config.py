@@ -41,7 +41,7 @@ class TrainConfig:
     data_dir: str = "data/coco"  # COCO 2017 (train2017/, val2017/, annotations/) or synthetic layout
     image_size: int = 300  # input side in pixels: SSD300 (the only size implemented)
     num_workers: int = 4  # loader processes per rank
-    resize: str = "pil"  # pil: the reference's pixels | tensor: torch's kernel, 1 ms/image less
+    resize: str = "pil"  # pil: the reference's pixels | tensor: torch's kernel, faster
     skip_bad_images: bool = True  # training: an unreadable image is counted and replaced, not fatal
     max_bad_image_share: float = 0.01  # stop when more of an epoch's images than this were unreadable
     # model

@@ -1,5 +1,5 @@
 """The bench scripts run and print every figure they promise (small sizes: figures, not speed;
-speed is measured by running the scripts themselves, see the README's Performance section)."""
+speed is measured by running the scripts themselves, see docs/performance.md)."""
 
 import re
 import subprocess

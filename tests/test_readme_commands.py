@@ -45,6 +45,10 @@ EXEMPT = {
     "DATADIR=/data/coco LOGDIR=$PWD/runs SYSTEM=2xC4140 sbatch -N 2 -n 8 slurm/run.slurm":
         "needs 2 Slurm nodes with 4 GPUs each and COCO 2017; the CPU2x2 line below runs on the "
         "tests' local cluster",
+    "GLOBAL_BATCH=896 DATADIR=/data/coco SYSTEM=4xC4140 sbatch -N 1 -n 4 slurm/run.slurm":
+        "needs a Slurm node with 4 GPUs and COCO 2017; tests/test_slurm.py checks the "
+        "micro-batches GLOBAL_BATCH gives (grad_accum_for) and run.slurm's refusal of one that "
+        "does not divide, tests/test_grad_accum.py that 2 x 2 computes what 1 x 4 does",
     "containers/build_container.sh ssdwb.sif": "needs Apptainer and the network (the NGC base "
                                                "image); tests/test_container.py checks the "
                                                "definition file",

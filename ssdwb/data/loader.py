@@ -15,9 +15,9 @@ same draws.) The sampler runs in the training process, so persistent workers see
 keys.
 
 Batches carry uint8 images; whoever runs the model normalises them on its device
-(``normalize(batch["images"].to(device))``, as ``train.py`` and ``evaluate.py`` do): float32
-batches are four times the bytes to move from a worker to the training process and on to the
-GPU, where the normalisation is free. What mattered more on the CPU was the number of tensors
+(``normalize(batch["images"].to(device))``, as ``engine/step.py`` and ``evaluation/inference.py``
+do): float32 batches are four times the bytes to move from a worker to the training process and
+on to the GPU, where the normalisation is free. What mattered more on the CPU was the number of tensors
 per batch (see :class:`Batch`; the loader's speed before and after: docs/performance.md).
 
 Where the boxes get encoded (``encode_on``):
