@@ -137,7 +137,7 @@ def _training_side(model, ds, args, device, amp: str, channels_last: bool, coder
     return model, opt, scaler, dtype, loader
 
 
-def train_ssdwb(ds, args, device, amp: str, channels_last: bool):
+def train_ssdwb(ds, args, device, amp: str, channels_last: bool, compile_backend: str = "off"):
     from ssdwb.engine.optim import SGD
     from ssdwb.engine.step import train_step
     from ssdwb.ssd.anchors import dboxes300_coco
@@ -151,6 +151,8 @@ def train_ssdwb(ds, args, device, amp: str, channels_last: bool):
     model = SSD300(num_classes=81, backbone_weights=None, width=args.width)
     model, opt, scaler, dtype, loader = _training_side(model, ds, args, device, amp,
                                                        channels_last, coder, SGD)
+    if compile_backend != "off":  # as TrainConfig.compile: in place; the warmup steps compile
+        model.compile(backend=compile_backend)
     rate = time_steps(lambda b: train_step(model, criterion, opt, scaler, coder, b, device,
                                            dtype, channels_last, "device")[0],
                       loader, args, device)
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=12, help="loader processes")
     ap.add_argument("--eval-images", type=int, default=1000)
     ap.add_argument("--eval-batch", type=int, default=250)
+    ap.add_argument("--compile", default="inductor", metavar="BACKEND",
+                    help="torch.compile backend of the compiled row (off: no such row)")
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes on any device: checks the script, measures nothing")
@@ -233,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.batch, args.steps, args.warmup, args.width, args.workers = 2, 2, 1, 0.25, 1
         args.eval_images, args.eval_batch = 4, 4
+        args.compile = "aot_eager" if args.compile != "off" else "off"  # no C++ build here
     device = torch.device(args.device)
     start = time.time()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -260,6 +265,13 @@ def main(argv: list[str] | None = None) -> None:
                  (f"ratio ssdwb / torchvision ({half})", f"{ours / peer:.2f}x",
                   "target >= 1.2x: " + ("met" if ours / peer >= 1.2 else "NOT met")),
                  (f"ratio {half}+NHWC / fp32 NCHW", f"{ours / fp32:.2f}x", "no target")]
+        if args.compile != "off":  # eager and compiled, fp16 + NHWC, side by side
+            (compiled, csyncs, _), _, _ = train_ssdwb(train_ds, args, device, half, True,
+                                                      args.compile)
+            rows += [(f"train {half} + NHWC compiled ({args.compile})", f"{compiled:.1f} img/s",
+                      f"{csyncs:.1f} syncs/step"),
+                     (f"ratio compiled / eager ({half}+NHWC)", f"{compiled / ours:.2f}x",
+                      f"compiling is in the {args.warmup} warmup steps")]
         t_infer, t_eval, what = evaluation(model, coder, val_ds, args, device)
         n = args.eval_images
         rows += [(f"eval inference+postprocess ({n} img)", f"{n / t_infer:.1f} img/s",

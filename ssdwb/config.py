@@ -51,6 +51,7 @@ class TrainConfig:
     amp: str = "off"  # off | fp16 (GradScaler) | bf16 | auto (bf16 on a bf16 CPU, fp16 on CUDA)
     channels_last: bool = False  # NHWC convolutions: faster on tensor cores
     cudnn_benchmark: bool = True  # cuDNN picks the fastest convolution algorithms (CUDA only)
+    compile: str = "off"  # off | a torch.compile backend (inductor): model.compile(), same keys
     # optimisation (SPEC.md)
     batch_size: int = 32  # images per micro-batch and rank (BatchNorm's span)
     grad_accum: int = 1  # micro-batches per step: global batch = batch_size x ranks x grad_accum

@@ -124,7 +124,8 @@ def test_bench_gpu_smoke_runs_every_row_on_the_cpu():
     out = run("bench_gpu.py", "--smoke", "--skip-tests", "--device", "cpu")
     for label in ("train fp32 NCHW (ssdwb)", "train bf16 + NHWC (ssdwb)",
                   "train bf16 + NHWC (torchvision SSD)", "ratio ssdwb / torchvision (bf16)",
-                  "ratio bf16+NHWC / fp32 NCHW", "eval inference+postprocess (4 img)",
+                  "ratio bf16+NHWC / fp32 NCHW", "train bf16 + NHWC compiled (aot_eager)",
+                  "ratio compiled / eager (bf16+NHWC)", "eval inference+postprocess (4 img)",
                   "eval coco_eval"):
         assert label in out, (label, out)
     assert re.search(r"train bf16 \+ NHWC \(ssdwb\)\s+\d+\.\d img/s\s+0\.0 syncs/step", out), out

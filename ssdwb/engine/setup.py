@@ -202,6 +202,10 @@ def build_parts(config: TrainConfig, devices: Devices, num_classes: int,
                         source=f"anchors={config.anchors}").to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if config.compile != "off":
+        # in place: the module keeps its state-dict keys (no `_orig_mod.`), so checkpoints of
+        # compiled and eager runs are interchangeable; DDP then wraps the compiled module
+        model.compile(backend=config.compile)
     ddp = (torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
         if devices.dist.distributed else model)
