@@ -4,8 +4,9 @@ dataset, and run folders of their own, all under OUT_DIR.
 
     python tests/nbval_prepare.py build/nbval && pytest --nbval-lax build/nbval
 
-``interactive=False``: nbclient can hang on ipywidgets without a front end (jupyter/nbclient#312);
-the widgets are exercised for real in JupyterLab by tests/test_browser.py.
+``interactive`` keeps its default (True): nbval, like papermill, is no front end, so the notebooks
+leave their widgets out by themselves (``ssdwb.apps.notebooks.live_front_end``), the path every
+batch run takes. The widgets are exercised for real in JupyterLab by tests/test_browser.py.
 """
 
 import sys
@@ -22,12 +23,12 @@ from ssdwb.data.synthetic import make_shapes_coco
 def small_parameters(out: Path) -> dict[str, dict]:
     data = str(out / "shapes")
     return {
-        "anchors": {"data_dir": data, "interactive": False},
-        "augmentations": {"data_dir": data, "num_draws": 40, "interactive": False},
+        "anchors": {"data_dir": data},
+        "augmentations": {"data_dir": data, "num_draws": 40},
         "train": {"data_dir": data, "run_dir": str(out / "runs-train"), "run_id": "nbval",
                   "epochs": 2, "eval_at": [1, 2], "batch_size": 8, "eval_batch_size": 8,
                   "num_workers": 0, "log_interval": 1},
-        "results": {"run_root": str(out / "runs-results"), "data_dir": data, "interactive": False},
+        "results": {"run_root": str(out / "runs-results"), "data_dir": data},
         "compare_runs": {"runs": str(out / "runs-compare") + "/*", "data_dir": data},
         "plan": {},
     }
