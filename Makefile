@@ -21,7 +21,17 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m ipykernel install --user --name ssdwb --display-name "Python (ssdwb)" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name ssdwb --display-name "Python (ssdwb)" >/dev/null
+	@# The kernel lives in the venv (each checkout runs its notebooks in its own environment). An
+	@# older `make` put it in the user's folder: remove that one once its Python is gone.
+	@user_kernel="$$($(VENV)/bin/jupyter --data-dir)/kernels/ssdwb"; \
+	if [ -f "$$user_kernel/kernel.json" ]; then \
+		py="$$($(PY) -c 'import json, sys; print(json.load(open(sys.argv[1]))["argv"][0])' \
+			"$$user_kernel/kernel.json" 2>/dev/null)"; \
+		if [ -n "$$py" ] && ! command -v "$$py" >/dev/null; then \
+			echo "removing $$user_kernel: its Python $$py no longer exists"; rm -rf "$$user_kernel"; \
+		fi; \
+	fi
 	touch $(STAMP)
 
 venv: $(STAMP)
