@@ -170,7 +170,8 @@ def _notebook(args) -> int:
     params = {k: parse_value(v) for k, v in (args.parameter or [])}
     params.update({k: v for k, v in (args.parameter_raw or [])})
     execute(args.notebook, args.output, params, kernel_name=args.kernel,
-            progress=not args.no_progress, log_output=args.log_output)
+            progress=not args.no_progress, log_output=args.log_output,
+            cell_timeout=args.cell_timeout if args.cell_timeout else "default")
     return 0
 
 
@@ -325,6 +326,9 @@ def _add_run_subcommands(sub) -> None:
     nb.add_argument("-k", "--kernel", default="python3")
     nb.add_argument("--no-progress", action="store_true")
     nb.add_argument("--log-output", action="store_true", help="echo what the cells print")
+    nb.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                    help="the most one cell may run (default: per notebook, e.g. train 7 days, "
+                         "the explorers 1 h); the error names the cell")
     nb.set_defaults(func=_notebook)
     cf = sub.add_parser("config", help="list the training config fields and their values",
                         description="Every TrainConfig field: name, type, value and why.")

@@ -57,3 +57,13 @@ def test_python_m_ssdwb_cli_is_the_same_command():
     out = subprocess.run([sys.executable, "-m", "ssdwb.cli", "config", "--json"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert json.loads(out) == TrainConfig().to_dict()
+
+
+def test_notebook_passes_the_cell_timeout_on(monkeypatch):
+    from ssdwb import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "execute", lambda *a, **kw: calls.append(kw["cell_timeout"]))
+    assert cli.main(["notebook", "anchors", "out.ipynb", "--cell-timeout", "5"]) == 0
+    assert cli.main(["notebook", "anchors", "out.ipynb"]) == 0
+    assert calls == [5.0, "default"]
