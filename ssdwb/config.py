@@ -73,6 +73,7 @@ class TrainConfig:
     # evaluation
     eval_batch_size: int = 160  # images per process per evaluation step (Dell: 160)
     eval_backend: str = "faster-coco-eval"  # COCO scorer, or pycocotools (the same numbers)
+    async_eval: str = "auto"  # on: rank 0 scores in a process while training goes on; auto: CUDA
     # run bookkeeping
     run_dir: str = "runs"  # parent of run folders
     run_id: str = ""  # empty: a timestamp
@@ -98,6 +99,7 @@ class TrainConfig:
                    "schedule_unit": ("ref_iters", "epochs"),
                    "eval_backend": ("faster-coco-eval", "pycocotools"),
                    "device": ("auto", "cpu", "cuda"), "encode_on": ("auto", "worker", "device"),
+                   "async_eval": ("auto", "on", "off"),
                    "resize": ("pil", "tensor")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -163,3 +163,11 @@ def test_bench_anchor_fit_prints_each_mix_and_the_iou_comparison():
     assert all(r[5] <= 8732 for r in rows.values())
     m = re.search(r"largest difference (\S+)$", lines[4])
     assert m and float(m.group(1)) < 1e-5, lines[4]
+
+
+def test_bench_eval_overlap_prints_both_modes_side_by_side():
+    out = run("bench_eval_overlap.py", "--train", "16", "--val", "4", "--epochs", "2",
+              "--batch", "4")
+    assert re.search(r"^off\s+\d+\.\d\d \d+\.\d\d\s+\d+\.\d", out, re.M), out
+    assert re.search(r"^on\s+\d+\.\d\d \d+\.\d\d\s+\d+\.\d", out, re.M), out
+    assert "same mAPs: True" in out, out

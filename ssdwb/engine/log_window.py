@@ -26,6 +26,7 @@ class WindowReading:
             and how many steps had one (an fp16 step skipped for overflow has none).
         nonfinite: a step of the window had a non-finite loss (on any rank).
         stop: a rank received SIGTERM/SIGUSR1.
+        landed, landed_map: rank 0's scorer result arrived (``async_eval``), and its mAP.
         at: when it was read (``time.time()``).
     """
 
@@ -37,6 +38,8 @@ class WindowReading:
     nonfinite: bool
     stop: bool
     at: float
+    landed: bool = False
+    landed_map: float = 0.0
 
 
 class LogWindow:
@@ -72,22 +75,27 @@ class LogWindow:
         self.steps += 1
         self.images += images
 
-    def read(self, stop_requested: bool, world_size: int) -> WindowReading:
-        """The window's sums and flags in one host read. Over several ranks the losses become
+    def read(self, stop_requested: bool, world_size: int, landed_map: float | None = None
+             ) -> WindowReading:
+        """The window's sums and flags (and rank 0's ``landed_map``, a scorer result to share)
+        in one host read. Over several ranks the losses become
         the mean over ranks (each rank's is already the mean of its micro-batches: the mean over
         every virtual rank) and the flags any rank's, in the one all_reduce of the interval;
         the gradient norms are alike on every rank already."""
+        def fill(value: float) -> torch.Tensor:  # a fill, not a host-to-device copy
+            return torch.full((), float(value), device=self.device)
+
         shared = torch.stack([self.loss.float(), self.epoch_loss.float(),
-                              (~torch.isfinite(self.loss)).float(),
-                              torch.full((), float(stop_requested), device=self.device)])  # a fill
-        if world_size > 1:
+                              (~torch.isfinite(self.loss)).float(), fill(stop_requested),
+                              fill(landed_map is not None), fill(landed_map or 0.0)])
+        if world_size > 1:  # rank 0 alone has a result to share: the sum is its own
             torch.distributed.all_reduce(shared)
-        loss, epoch_loss, nonfinite, stop, grad_sum, grad_max, grad_steps = torch.cat(
-            [shared, self.grad]).tolist()
+        loss, epoch_loss, nonfinite, stop, landed, mAP, grad_sum, grad_max, grad_steps = (
+            torch.cat([shared, self.grad]).tolist())
         if world_size > 1:
             loss, epoch_loss = loss / world_size, epoch_loss / world_size
         return WindowReading(loss, epoch_loss, grad_sum, grad_max, grad_steps, bool(nonfinite),
-                             bool(stop), time.time())
+                             bool(stop), time.time(), bool(landed), mAP)
 
     def record(self, reading: WindowReading, iteration: int, epoch: float, lr: float,
                clipping: bool) -> dict:

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from ssdwb.config import TrainConfig
 from ssdwb.data.loader import iter_steps, set_epoch, skip_steps
 from ssdwb.engine.distributed import long_wait
+from ssdwb.engine.eval_in_flight import EvalInFlight
 from ssdwb.engine.log_window import LogWindow, WindowReading
 from ssdwb.engine.setup import (
     Data,
@@ -56,7 +57,7 @@ from ssdwb.engine.setup import (
 from ssdwb.engine.state import RunState, StopSignal
 from ssdwb.engine.step import broadcast_buffers, rebuild_ddp_buckets, train_step
 from ssdwb.engine.watchdog import Heartbeat, Watchdog
-from ssdwb.evaluation.inference import evaluate
+from ssdwb.evaluation.inference import evaluate, gather_results, infer
 from ssdwb.runs.checkpoint import rng_state, set_rng_state
 from ssdwb.runs.folder import RunFolder
 from ssdwb.runtime import PROGRESS_BARS_ENV
@@ -94,6 +95,7 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
         folder.start(config, devices.dist.world_size)
     else:
         state = t.restore(checkpoint)
+        t.score_again(state)
     if devices.dist.distributed:
         rebuild_ddp_buckets(parts.ddp, parts.model, parts.criterion, data.coder,
                             config.batch_size, config.image_size, devices.device,
@@ -130,6 +132,12 @@ class Training:
         # Progress bars on rank 0, except in a notebook run by papermill (ssdwb.apps.notebooks
         # says so): its saved widget would show "0%" in the report; the per-epoch lines remain.
         self.bars = self.main and os.environ.get(PROGRESS_BARS_ENV, "1") != "0"
+        # evaluation off the critical path: default with CUDA; on 2 CPU cores the scorer
+        # would compete with training (docs/performance.md)
+        self.async_eval = config.async_eval == "on" or (
+            config.async_eval == "auto" and self.devices.device.type == "cuda")
+        self.in_flight = EvalInFlight(self.data.val_ds.ann_file, config.eval_backend, self.main)
+        self.landed: tuple[dict | None, object] = (None, None)  # rank 0: stats, detections
         # every rank's liveness; written to ranks/ by a thread only when several ranks run
         self.beat = Heartbeat(self.folder.path, self.devices.dist.rank,
                               period=min(10.0, config.dist_timeout_s / 8))
@@ -139,7 +147,10 @@ class Training:
         """Heartbeat and watchdog threads while the loop runs on several ranks (no silent
         hangs: ssdwb/engine/watchdog.py); nothing on one rank."""
         if not self.devices.dist.distributed:
-            yield
+            try:
+                yield
+            finally:
+                self.in_flight.close()
             return
         c = self.config
         self.beat.at("train", state.iteration)
@@ -153,6 +164,7 @@ class Training:
         finally:
             guard.stop()
             self.beat.stop()
+            self.in_flight.close()
 
     def restore(self, checkpoint: dict) -> RunState:
         """Weights, optimiser, scaler and this rank's RNG states from a checkpoint."""
@@ -198,7 +210,8 @@ class Training:
                 limit = bool(config.max_iters) and state.iteration >= config.max_iters
                 if state.iteration % config.log_interval and i + 1 < n and not limit:
                     continue
-                reading = window.read(stop.received is not None, self.world_size)
+                reading = window.read(stop.received is not None, self.world_size,
+                                      self.poll_scorer())
                 outcome = self.log_point(state, window, reading, lr, ep, limit)
                 if outcome is not None:
                     return outcome
@@ -239,6 +252,11 @@ class Training:
                                                     ep - 1 + state.position / n, lr,
                                                     config.grad_clip_norm > 0))
             window.reset(state.iteration, reading.at)
+        if reading.landed:
+            stats, results = self.landed
+            self.landed = (None, None)
+            if self.apply_result(state, reading.landed_map, stats, results):
+                return "success", f"target mAP {config.target_map} reached"
         if reading.stop or (limit and state.position < n):
             self.save_checkpoint(state)
             return "aborted", ("stopped by signal; resume with --resume" if reading.stop
@@ -296,8 +314,15 @@ class Training:
 
     def evaluate(self, state: RunState, ep: int) -> float:
         """Every rank infers its shard with rank 0's BN statistics; rank 0 scores; every rank
-        learns the mAP."""
+        learns the mAP. With ``async_eval`` (except at the last epoch) the scoring goes on in
+        rank 0's scorer process and this returns -inf: its result lands later."""
         p, d, config = self.parts, self.data, self.config
+        if state.pending_eval is not None:  # at most one in flight: wait for it first
+            landed = self.wait_for_result(state)
+            if landed >= config.target_map:
+                return landed
+        if self.async_eval and ep != config.epochs:
+            return self.submit_evaluation(state, ep)
         self.beat.at("eval")
         self.folder.eval_start(ep)
         broadcast_buffers(p.model, self.devices.dist.distributed)
@@ -316,6 +341,58 @@ class Training:
                   f"AP75 {stats['AP75']:.4f} (target {config.target_map})", flush=True)
         return box[0]
 
+    # --- evaluation off the critical path (async_eval) -----------------------------------------
+    def submit_evaluation(self, state: RunState, ep: int) -> float:
+        """Inference on every rank, then rank 0's scorer takes the detections."""
+        p, d = self.parts, self.data
+        self.beat.at("eval")
+        broadcast_buffers(p.model, self.devices.dist.distributed)
+        results, seen = infer(p.model, d.val_loader, d.coder, d.val_ds.label_to_cat,
+                              self.devices.device, self.devices.amp, self.config.channels_last,
+                              self.bars)
+        results = gather_results(results, seen, self.world_size)
+        self.folder.eval_submitted(ep, results, p.model.state_dict(), self.eval_epochs)
+        self.in_flight.submit(ep, state.iteration, results)
+        state.pending_eval = {"epoch": ep, "iteration": state.iteration}
+        self.beat.at("train", state.iteration)
+        return float("-inf")
+
+    def poll_scorer(self) -> float | None:
+        """Rank 0, before a log point's read: the mAP of a result that has landed (kept for
+        :meth:`apply_result`), else None."""
+        if not self.in_flight.ready():
+            return None
+        self.landed = self.in_flight.take()
+        return self.landed[0]["mAP"]
+
+    def wait_for_result(self, state: RunState) -> float:
+        """Waits for the scoring in flight and applies it on every rank; returns its mAP."""
+        self.beat.at("eval")
+        mAP, stats, results = self.in_flight.take_shared(self.devices.side_group,
+                                                         self.config.dist_long_timeout_s)
+        self.apply_result(state, mAP, stats, results)
+        return mAP
+
+    def apply_result(self, state: RunState, mAP: float, stats: dict | None, results) -> bool:
+        """The landed result of ``state.pending_eval``: history, MLPerf eval events and the
+        stats line; True when it reaches the target."""
+        pending, state.pending_eval = state.pending_eval, None
+        ep, at = pending["epoch"], pending["iteration"]
+        state.history.append({"epoch": ep, "iteration": at, "arrived_iteration": state.iteration,
+                              **(stats or {"mAP": mAP})})
+        self.folder.eval_result(ep, at, state.iteration, stats, mAP, results)
+        if self.main:
+            print(f"[ssdwb] epoch {ep}: mAP {stats['mAP']:.4f} AP50 {stats['AP50']:.4f} AP75 "
+                  f"{stats['AP75']:.4f} (target {self.config.target_map}; scored while "
+                  f"training, landed at iteration {state.iteration})", flush=True)
+        return mAP >= self.config.target_map
+
+    def score_again(self, state: RunState) -> None:
+        """A resumed run whose checkpoint had a scoring in flight scores that epoch's
+        detections file again."""
+        if state.pending_eval is not None:
+            self.in_flight.score_again(self.folder.path, **state.pending_eval)
+
     # --- checkpoint and summary ----------------------------------------------------------------
     def save_checkpoint(self, state: RunState) -> None:
         """``checkpoint.pt`` (rank 0) from the parts and the run state; every rank's RNG states
@@ -323,6 +400,8 @@ class Training:
         rank that resumed at once read the previous checkpoint and skipped other batches."""
         dist, p, ds = self.devices.dist, self.parts, self.data.train_ds
         self.beat.at("checkpoint")
+        if state.pending_eval is not None:
+            self.folder.wait()  # the detections in flight are on disk before the checkpoint
         rng = [rng_state()]
         if dist.distributed:
             rng = [None] * dist.world_size
@@ -338,7 +417,9 @@ class Training:
             "anchors": self.dboxes.to_dict(),  # eval / predict rebuild the same heads and boxes
             # plain data, so weights_only loading keeps working; `ssdwb predict` names classes
             "classes": [{"id": int(c), "name": ds.label_names[label]}
-                        for label, c in sorted(ds.label_to_cat.items())]})
+                        for label, c in sorted(ds.label_to_cat.items())],
+            # a scoring in flight (async_eval): a resumed run scores its detections again
+            **({"pending_eval": state.pending_eval} if state.pending_eval else {})})
         long_wait(self.devices.side_group, self.config.dist_long_timeout_s)
         self.beat.at("train", state.iteration)
 

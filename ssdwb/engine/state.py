@@ -28,6 +28,8 @@ class RunState:
         history: one dict per evaluation (epoch, iteration and the COCO stats).
         train_time: seconds trained by earlier processes of this run (resumes).
         bad_images: unreadable training images skipped so far.
+        pending_eval: ``{"epoch", "iteration"}`` of a scoring in flight (``async_eval``), else
+            None; a resumed run scores that epoch's detections file again.
         clock: when this process started training (``time.time()``).
     """
 
@@ -37,6 +39,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)
     train_time: float = 0.0
     bad_images: int = 0
+    pending_eval: dict | None = None
     clock: float = field(default_factory=time.time)
 
     @classmethod
@@ -44,7 +47,8 @@ class RunState:
         return cls(iteration=checkpoint["iteration"], epoch=checkpoint["epoch"],
                    position=checkpoint["position"], history=checkpoint["history"],
                    train_time=checkpoint["train_time"],
-                   bad_images=checkpoint.get("bad_images", 0))
+                   bad_images=checkpoint.get("bad_images", 0),
+                   pending_eval=checkpoint.get("pending_eval"))
 
     def elapsed(self) -> float:
         """Seconds of training of the whole run so far."""
@@ -54,7 +58,7 @@ class RunState:
         """The checkpoint's counters (``position``: batches of ``epoch`` done; 0 at its start)."""
         return {"iteration": self.iteration, "epoch": self.epoch, "position": self.position,
                 "history": self.history, "train_time": self.elapsed(),
-                "bad_images": self.bad_images}
+                "bad_images": self.bad_images, "pending_eval": self.pending_eval}
 
     @property
     def best_map(self) -> float:

@@ -152,6 +152,33 @@ class RunFolder:
         first = max([0] + [e for e in eval_epochs if e < epoch]) + 1
         self.mlperf.event("block_stop", metadata={"first_epoch_num": first})
 
+    # --- evaluation off the critical path (async_eval) -------------------------------------
+    def eval_submitted(self, epoch: int, results, model_state: dict,
+                       eval_epochs: list[int]) -> None:
+        """The epoch's inference is done and its scoring goes on elsewhere: ``block_stop`` now
+        (MLPerf's 0.6.0 checker accepts eval_start/eval_accuracy/eval_stop together later, when
+        the result lands); rank 0 writes the raw detections and keeps the evaluated model in
+        ``model_epochN.pt`` (``checkpoint.pt`` moves on each epoch)."""
+        if self.enabled:
+            self._write_detections(results, self.path / f"detections_epoch{epoch}.json")
+            atomic_write(self.path / f"model_epoch{epoch}.pt",
+                         lambda f: torch.save(model_state, f))
+        first = max([0] + [e for e in eval_epochs if e < epoch]) + 1
+        self.mlperf.event("block_stop", metadata={"first_epoch_num": first})
+
+    def eval_result(self, epoch: int, iteration: int, arrived: int, stats: dict | None,
+                    accuracy: float, results) -> None:
+        """A result that landed at iteration ``arrived``: eval_start, eval_accuracy and
+        eval_stop of ``epoch``; on rank 0 the stats line (with ``arrived_iteration``) and the
+        TensorBoard scalars."""
+        self.mlperf.event("eval_start", metadata={"epoch_num": epoch})
+        self.mlperf.event("eval_accuracy", accuracy, metadata={"epoch_num": epoch})
+        self.mlperf.event("eval_stop", metadata={"epoch_num": epoch})
+        if self.enabled and stats is not None:
+            self._metrics({"eval": True, "epoch": epoch, "iteration": iteration,
+                           "arrived_iteration": arrived, **stats})
+            self.tensorboard.eval_end(iteration, stats, results)
+
     def save_checkpoint(self, state: dict) -> None:
         """``state``: tensors and plain containers (model, optimizer, scaler, RNG states as
         :func:`rng_state` gives them, counters, config dict, history); the log offsets and the
