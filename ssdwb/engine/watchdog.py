@@ -39,7 +39,33 @@ log = logging.getLogger(__name__)
 LONG_PHASES = ("setup", "eval", "checkpoint")
 
 
-class Heartbeat:
+class _Periodic:
+    """A daemon thread that calls ``tick()`` every ``every`` seconds until :meth:`stop`, which
+    joins it (an unjoined one can abort the interpreter's exit)."""
+
+    def __init__(self, name: str, every: float):
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.tick()
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+
+class Heartbeat(_Periodic):
     """This rank's liveness, written by a thread into ``<run>/ranks/heartbeat_rank<N>.json``.
 
     ``at(phase, iteration)`` is called by the loop (plain attribute writes); the thread writes
@@ -47,11 +73,10 @@ class Heartbeat:
     """
 
     def __init__(self, run_dir: str | os.PathLike, rank: int, period: float):
+        super().__init__("ssdwb-heartbeat", period)
         self.path = Path(run_dir) / "ranks" / f"heartbeat_rank{rank}.json"
         self.rank, self.period = rank, period
         self.phase, self.iteration, self.since = "setup", 0, time.time()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ssdwb-heartbeat", daemon=True)
 
     def at(self, phase: str, iteration: int | None = None) -> None:
         """The loop entered ``phase`` (or made progress in it) at ``iteration``."""
@@ -69,20 +94,13 @@ class Heartbeat:
     def start(self) -> Heartbeat:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.write()
-        self._thread.start()
-        return self
+        return super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            try:
-                self.write()
-            except OSError as e:  # a full or unreachable disk must not end training
-                log.warning("heartbeat %s not written: %s", self.path, e)
+    def tick(self) -> None:
+        try:
+            self.write()
+        except OSError as e:  # a full or unreachable disk must not end training
+            log.warning("heartbeat %s not written: %s", self.path, e)
 
 
 def stale_ranks(run_dir: str | os.PathLike, world_size: int, max_age: float,
@@ -105,7 +123,7 @@ def stale_ranks(run_dir: str | os.PathLike, world_size: int, max_age: float,
     return out
 
 
-class Watchdog:
+class Watchdog(_Periodic):
     """Ends this rank when its phase has not changed for longer than the phase's limit.
 
     Args:
@@ -121,29 +139,18 @@ class Watchdog:
     def __init__(self, heartbeat: Heartbeat, world_size: int, limit_s: float,
                  long_limit_s: float, summary: Callable[[str, str], dict],
                  write_summary: Callable[[dict], None]):
+        super().__init__("ssdwb-watchdog", min(heartbeat.period, 5.0))
         self.beat, self.world_size = heartbeat, world_size
         self.limit_s, self.long_limit_s = limit_s, long_limit_s
         self.summary, self.write_summary = summary, write_summary
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ssdwb-watchdog", daemon=True)
-
-    def start(self) -> Watchdog:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
 
     def limit(self, phase: str) -> float:
         return self.long_limit_s if phase in LONG_PHASES else self.limit_s
 
-    def _run(self) -> None:
-        while not self._stop.wait(min(self.beat.period, 5.0)):
-            phase, since = self.beat.phase, self.beat.since
-            if time.time() - since > self.limit(phase) and not self._stop.is_set():
-                self.verdict(phase, since)
+    def tick(self) -> None:
+        phase, since = self.beat.phase, self.beat.since
+        if time.time() - since > self.limit(phase) and not self._stop.is_set():
+            self.verdict(phase, since)
 
     def verdict(self, phase: str, since: float) -> None:
         """Names the stale ranks, writes the verdict and ends the process."""
