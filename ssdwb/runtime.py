@@ -17,6 +17,7 @@ import ctypes.util
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    # lazy: config imports this module: `import ssdwb.config` stays free of torch
     import torch
 
 # "0" turns train()'s tqdm bars off: ssdwb.apps.notebooks sets it for the kernels papermill
@@ -61,6 +62,7 @@ def cpu_has_native_bf16() -> bool:
     ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` either: private, and oneDNN counts plain
     AVX512 (Skylake, Cascade Lake) as bf16 support because it emulates bf16 there, where bf16
     autocast gains nothing over fp32 - the case "auto" must leave off."""
+    # lazy: config imports this module: `import ssdwb.config` stays free of torch
     import torch
 
     try:
@@ -76,6 +78,7 @@ def cpu_has_amx_bf16() -> bool:
     in the vector units alone: hence a preset per class (the speeds measured on each kind of
     host: docs/demo.md). Same ``torch.cpu.get_capabilities()`` flags as
     ``cpu_has_native_bf16``."""
+    # lazy: config imports this module: `import ssdwb.config` stays free of torch
     import torch
 
     try:
@@ -97,6 +100,7 @@ def cuda_has_bf16(device: torch.device | str = "cuda") -> bool:
     """Whether this GPU computes bf16 natively (compute capability 8.0+, or ROCm). Asks
     ``torch.cuda.is_bf16_supported(including_emulation=False)``: its default (True) also says yes
     for a V100, where bf16 tensors exist but run emulated."""
+    # lazy: config imports this module: `import ssdwb.config` stays free of torch
     import torch
 
     device = torch.device(device)
@@ -112,6 +116,7 @@ def resolve_amp(amp: str, device: torch.device | str) -> str:
     ``"auto"``: fp16 (with a GradScaler) on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere.
     An explicit ``"bf16"`` on a GPU without bf16 (before compute capability 8.0, e.g. the
     C4140's V100) is refused at start rather than emulated slowly."""
+    # lazy: config imports this module: `import ssdwb.config` stays free of torch
     import torch
 
     if amp not in ("off", "fp16", "bf16", "auto"):

@@ -94,6 +94,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, decoded: 
         example_batch: batch of the example input the graph is traced with; B stays dynamic.
         quiet: keep the exporter's progress lines off stdout.
     """
+    # lazy: only `ssdwb export` needs onnx (seconds to import)
     import onnx
 
 
@@ -129,6 +130,7 @@ def check_onnx(onnx_path: str | os.PathLike, checkpoint: str | os.PathLike,
     """Runs ``onnx_path`` in onnxruntime (CPU) and the checkpoint in torch on the same
     normalised ``images`` (Tensor[B, 3, S, S]; default: 3 seeded random images) and returns the
     largest absolute difference per output."""
+    # lazy: only the ONNX check needs onnxruntime (seconds to import)
     import onnxruntime as ort
 
 

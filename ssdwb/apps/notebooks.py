@@ -73,6 +73,7 @@ def live_front_end() -> bool:
     message, with no such flag).
     """
     try:
+        # lazy: only inside a kernel is there an IPython to ask
         from IPython import get_ipython
     except ImportError:
         return False
@@ -128,6 +129,7 @@ def _descendants(pid: int) -> list[int]:
 
 def _private_kernel_manager(socket_dir: str):
     """A jupyter_client kernel manager whose sockets are files under ``socket_dir`` (IPC)."""
+    # lazy: only notebook execution needs jupyter_client and papermill (seconds to import)
     from jupyter_client import AsyncKernelManager
 
     class PrivateKernelManager(AsyncKernelManager):
@@ -174,6 +176,7 @@ def execute(notebook: str | os.PathLike, output: str | os.PathLike, parameters: 
     output notebook is still written, with the failing cell marked) when a cell fails, and
     ``CellTimeout`` (the output notebook written up to that cell) when one runs out of time.
     """
+    # lazy: only notebook execution needs papermill and nbclient (seconds to import)
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError
 

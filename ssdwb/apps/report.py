@@ -38,6 +38,7 @@ class _NoAltWarning(logging.Filter):
 
 def _figure_alt_texts(html: str) -> str:
     """Gives each image without its own description "<section heading>, figure <k>"."""
+    # lazy: only report rendering needs bs4 and nbconvert (seconds to import)
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, features="html.parser")
@@ -62,6 +63,7 @@ def render_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
         FileNotFoundError: the folder has no executed notebook.
         ValueError: a notebook is not valid JSON / nbformat (named in the message).
     """
+    # lazy: only report rendering needs nbconvert (seconds to import)
     import nbformat
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor

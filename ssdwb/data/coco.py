@@ -114,6 +114,7 @@ def read_coco_json(ann_file: str | os.PathLike) -> tuple[dict, dict[str, np.ndar
 
 def load_coco_json(ann_file: str | os.PathLike):
     """Reads and checks a COCO annotation file; returns a ``pycocotools.coco.COCO``."""
+    # lazy: each COCO backend is imported only when it is the one asked for
     from pycocotools.coco import COCO
 
     data, _ = read_coco_json(ann_file)

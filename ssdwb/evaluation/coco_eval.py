@@ -59,6 +59,7 @@ def coco_eval(coco_gt, results, backend: str = "faster-coco-eval") -> dict[str, 
         results = np.ascontiguousarray(results, dtype=np.float64)
     quiet = _quiet()
     if backend == "pycocotools":
+        # lazy: each COCO backend is imported only when it is the one asked for
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
@@ -71,6 +72,7 @@ def coco_eval(coco_gt, results, backend: str = "faster-coco-eval") -> dict[str, 
             ev.accumulate()
             ev.summarize()
     elif backend == "faster-coco-eval":
+        # lazy: each COCO backend is imported only when it is the one asked for
         from faster_coco_eval import COCO, COCOeval_faster
 
         with quiet:
@@ -96,6 +98,7 @@ def coco_eval_details(coco_gt, results) -> dict:
         ``recall_thresholds``, ``cat_ids``, ``class_names`` and ``per_class_ap`` (name ->
         AP@[.5:.95] at maxDets 100, NaN for a class without GT).
     """
+    # lazy: each COCO backend is imported only when it is the one asked for
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

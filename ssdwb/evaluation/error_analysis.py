@@ -473,6 +473,7 @@ def error_costs(ap: dict[str, float]) -> dict[str, float]:
 def error_table(errors: dict[str, dict[str, float]]):
     """``{area: {type: AP}}`` (an eval line's ``errors``) -> DataFrame, areas x
     :func:`error_costs`."""
+    # lazy: only the notebooks' table helpers need pandas (a second to import)
     import pandas as pd
 
     return pd.DataFrame({area: error_costs(ap) for area, ap in errors.items()}).T
@@ -485,6 +486,7 @@ _COLOURS = ((1.0, 1.0, 1.0), (0.31, 0.51, 0.74), (0.75, 0.31, 0.30), (0.36, 0.90
 def plot_error_breakdown(analysis: dict, area: str = "all", ax=None, title: str | None = None):
     """COCO's stacked PR areas for one size (:func:`error_analysis`'s mean curves): each band is
     what forgiving that error adds."""
+    # lazy: only the figure helpers need matplotlib's pyplot or canvas
     import matplotlib.pyplot as plt
 
     ax = ax or plt.gca()
@@ -513,6 +515,7 @@ def plot_error_trends(runs, area: str = "all", axes=None):
     Args:
         runs: ``ssdwb.runs.reader.Run`` objects; eval lines without ``errors`` are skipped.
     """
+    # lazy: only the figure helpers need matplotlib's pyplot or canvas
     import matplotlib.pyplot as plt
 
     if axes is None:
@@ -524,6 +527,7 @@ def plot_error_trends(runs, area: str = "all", axes=None):
         for ax, name in zip(axes, COST_NAMES):
             ax.plot([e["epoch"] for e in evals], [c[name] for c in costs], "o-", ms=3,
                     label=r.name)
+    # lazy: only the figure helpers need matplotlib's pyplot or canvas
     from matplotlib.ticker import MaxNLocator
 
     for ax, name in zip(axes, COST_NAMES):

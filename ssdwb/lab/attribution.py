@@ -97,6 +97,7 @@ def attribution(coco_gt, results: np.ndarray, priors, dboxes: DefaultBoxes,
         (DataFrame of TP and FP counts, level x box type), and the per-row arrays ``cells``
         (:func:`prior_cells`) and ``outcomes`` (``detection_outcomes`` at IoU .5).
     """
+    # lazy: only the notebooks' table helpers need pandas (a second to import)
     import pandas as pd
 
 
@@ -161,6 +162,7 @@ def uncaught_gt(coco_gt, dboxes: DefaultBoxes, outcomes: dict | None = None,
         many of those are uncaught), and the per-GT arrays ``ann_index`` (index in the dataset's
         annotations), ``best_iou``, ``best_level``, ``area``, ``uncaught``, ``detected``.
     """
+    # lazy: only the notebooks' table helpers need pandas (a second to import)
     import pandas as pd
 
 
@@ -237,6 +239,7 @@ def infer_run(run, device: str = "cpu", batch_size: int | None = None,
 
 def plot_attribution(table, title: str, axes=None):
     """TP / FP bars and, when scored, mAP / AP50 of one :func:`attribution` table."""
+    # lazy: only the figure helpers need matplotlib's pyplot or canvas
     import matplotlib.pyplot as plt
 
     scored = "mAP" in table.columns

@@ -298,6 +298,7 @@ def format_plan(rows: list[dict], a: Assumptions) -> str:
 def plot_plan(dell_rows: list[dict], plan_rows: list[dict], ax=None):
     """Minutes to target against nodes: Dell's published results, the fit from their
     throughputs, and the model's predictions for ssdwb's C4140 configs (log-log axes)."""
+    # lazy: only the figure helpers need matplotlib's pyplot or canvas
     import matplotlib.pyplot as plt
 
     if ax is None:

@@ -71,6 +71,7 @@ class TensorBoardLog:
     @property
     def writer(self):
         if self._writer is None:
+            # lazy: TensorBoard's writer loads tensorboard: only when the run writes events
             from torch.utils.tensorboard import SummaryWriter
 
             # flush_secs 30: curves show up within half a minute while a job runs
@@ -166,6 +167,7 @@ def render_detections(image, rows: np.ndarray, names: dict[int, str] | None = No
     Returns:
         uint8 ndarray [H, W, 3].
     """
+    # lazy: only the figure helpers need matplotlib's pyplot or canvas
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
