@@ -153,7 +153,9 @@ class Training:
                 self.in_flight.close()
             return
         c = self.config
-        self.beat.at("train", state.iteration)
+        # the long limit until the first step is done: its forward may compile, its first
+        # all-reduce waits for the slowest rank's start
+        self.beat.at("setup", state.iteration)
         guard = Watchdog(self.beat.start(), self.world_size, c.dist_timeout_s * 0.9,
                          c.dist_long_timeout_s * 0.9,
                          summary=lambda status, reason: self.summary(state, status, reason),
