@@ -27,7 +27,8 @@ _API = {
     "CocoDetection": "ssdwb.data.coco", "train_transform": "ssdwb.data.transforms",
     "val_transform": "ssdwb.data.transforms", "normalize": "ssdwb.data.transforms",
     "build_loader": "ssdwb.data.loader", "resolve_data": "ssdwb.data.layout",
-    "ensure_shapes": "ssdwb.data.synthetic",
+    "ensure_shapes": "ssdwb.data.synthetic", "check_dataset": "ssdwb.data.check",
+    "split_coco": "ssdwb.data.split", "dataset_stats": "ssdwb.lab.data_stats",
     # config, training, evaluation
     "TrainConfig": "ssdwb.config", "PRESETS": "ssdwb.config", "preset": "ssdwb.config",
     "demo_preset": "ssdwb.config", "train": "ssdwb.engine.loop",

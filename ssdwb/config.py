@@ -38,7 +38,7 @@ REF_BATCH = 32
 @dataclass
 class TrainConfig:
     # data
-    data_dir: str = "data/coco"  # COCO 2017 (train2017/, val2017/, annotations/) or synthetic layout
+    data_dir: str = "data/coco"  # dataset folder (COCO 2017 or synthetic layout) or file (.yaml)
     image_size: int = 300  # input side in pixels: SSD300 (the only size implemented)
     num_workers: int = 4  # loader processes per rank
     resize: str = "pil"  # pil: the reference's pixels | tensor: torch's kernel, faster

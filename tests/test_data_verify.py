@@ -1,5 +1,6 @@
 """``ssdwb data verify DIR --decode``: every train and val image decoded by a process pool, the
-bad files listed with the reason, exit code 1 if any (both dataset layouts)."""
+bad files listed with the reason, exit code 1 if any (both dataset layouts); without
+``--decode`` on the synthetic layout, the quick check (tests/test_dataset_file.py has more)."""
 
 import json
 import shutil
@@ -78,6 +79,11 @@ def test_unreadable_annotation_file_falls_back_to_the_folder(shapes, capsys):
     assert "bad image(s) of 9" in captured.err  # the folder's 3 files were decoded
 
 
-def test_without_decode_nothing_changes(shapes, capsys):
-    assert cli(["data", "verify", str(shapes)]) == 1  # the COCO 2017 check, as before
-    assert "train2017: missing" in capsys.readouterr().err
+def test_without_decode_the_quick_check_runs(shapes, capsys):
+    """The synthetic layout (as a dataset file): the check training makes, no image opened."""
+    assert cli(["data", "verify", str(shapes)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 6 images" in out and "val: 3 images" in out and out.rstrip().endswith("ok")
+    (shapes / "val" / "000000000002.jpg").unlink()
+    assert cli(["data", "verify", str(shapes)]) == 1
+    assert "1 image file(s) missing" in capsys.readouterr().err

@@ -5,7 +5,8 @@
 
 The model, its default boxes and its class names come from ``ssdwb.runs.trained.load_trained``
 (as for ``ssdwb eval``, ``ssdwb export`` and the attribution). Images go through the evaluation
-path: ``val_transform`` (PIL bilinear resize to 300x300),
+path: the image as RGB (any PIL mode, alpha dropped, no EXIF rotation, as training reads
+it), ``val_transform`` (PIL bilinear resize to 300x300),
 ``normalize`` on the model's device, the model, then ``postprocess`` with ``--score`` as its
 score threshold (greedy NMS keeps a box because of higher-scoring boxes only, so filtering at
 0.3 before NMS keeps exactly the detections above 0.3 that filtering at 0.05 and dropping the
@@ -35,6 +36,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ssdwb.data.coco import to_rgb
 from ssdwb.data.transforms import normalize, val_transform
 from ssdwb.evaluation.coco_eval import detections_to_coco
 from ssdwb.files import atomic_write
@@ -76,7 +78,8 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             with Image.open(self.files[i]) as im:
-                image = im.convert("RGB")
+                im.load()
+                image = to_rgb(im)  # L, P, RGBA ... as training reads them (alpha dropped)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             # PIL.UnidentifiedImageError and truncated files are OSErrors
             return None, i, (0, 0), f"{type(e).__name__}: {e}"
@@ -108,7 +111,7 @@ def _save_png(path: Path, file: Path, rows: np.ndarray, names: dict[int, str]) -
 
 
     with Image.open(file) as im:
-        pixels = render_detections(im.convert("RGB"), rows, names, max_side=1280)
+        pixels = render_detections(to_rgb(im), rows, names, max_side=1280)
     atomic_write(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 

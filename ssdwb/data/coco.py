@@ -44,7 +44,32 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CocoDetection", "SampleKey", "load_coco_json", "read_coco_json"]
+__all__ = ["CocoDetection", "SampleKey", "load_coco_json", "read_coco_json", "to_rgb"]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An image of any PIL mode (L, P, RGB, RGBA, LA, ...) as RGB, alpha dropped; RGB images are
+    returned as they are (no copy). No EXIF rotation: boxes refer to the stored pixels.
+
+    A palette image with transparency goes through RGBA: PIL warns on P -> RGB when the
+    transparency is a byte string, and dropping the alpha channel is all we want of it."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def _annotation_ids(anns: list, index: np.ndarray) -> np.ndarray:
+    """The ``id`` of the annotations at ``index`` (-1 where one has none): int64 [len(index)]."""
+    return np.fromiter((anns[i].get("id", -1) if isinstance(anns[i], dict) else -1
+                        for i in index.tolist()), dtype=np.int64, count=len(index))
+
+
+def _first_ids(ids: np.ndarray) -> str:
+    """``"3, 8, 12"`` or ``"3, 8, ... (25 in all)"``: up to 10 ids for a message."""
+    shown = ", ".join(str(i) for i in ids[:10].tolist())
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > 10 else "")
 
 
 class SampleKey(NamedTuple):
@@ -79,10 +104,13 @@ def _check(path: Path, data) -> dict[str, np.ndarray]:
     if unknown.any():
         ids = np.unique(cols["ann_cats"][unknown]).tolist()
         raise ValueError(f"{path}: {int(unknown.sum())} annotation(s) use category id(s) "
-                         f"{ids[:10]} that are not in the file's 'categories'")
-    orphans = int((~np.isin(cols["ann_images"], cols["image_ids"])).sum())
-    if orphans:
-        raise ValueError(f"{path}: {orphans} annotation(s) refer to image ids not in 'images'")
+                         f"{ids[:10]} that are not in the file's 'categories' (annotation ids "
+                         f"{_first_ids(_annotation_ids(data['annotations'], np.flatnonzero(unknown)))})")
+    orphans = ~np.isin(cols["ann_images"], cols["image_ids"])
+    if orphans.any():
+        raise ValueError(f"{path}: {int(orphans.sum())} annotation(s) refer to image ids not in "
+                         f"'images' (annotation ids "
+                         f"{_first_ids(_annotation_ids(data['annotations'], np.flatnonzero(orphans)))})")
     uniq, counts = np.unique(cols["image_ids"], return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1].tolist()
@@ -162,7 +190,10 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Arrays (read-only numpy): ``image_ids`` [M], ``sizes`` [M, 2] (h, w), ``boxes`` [N, 4]
     float32, ``labels`` [N] int64, ``box_offsets`` [M + 1] (image i's boxes are
-    ``boxes[box_offsets[i]:box_offsets[i + 1]]``).
+    ``boxes[box_offsets[i]:box_offsets[i + 1]]``). What the file's boxes needed, for
+    :mod:`ssdwb.data.check`: ``clipped_ann_ids`` (annotation ids of boxes clipped to their image)
+    and ``dropped_ann_ids`` (degenerate boxes dropped), int64; ``unused_file_names``: the images
+    dropped for having no box (``drop_empty``).
     """
 
     def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike,
@@ -204,6 +235,9 @@ class CocoDetection(torch.utils.data.Dataset):
         y2 = np.where(ih < y + bh, ih, y + bh)
         degenerate = (x2 <= x1) | (y2 <= y1)  # zero/negative size, or outside the image
         keep = ~degenerate
+        clipped = keep & ((x1 != x) | (y1 != y) | (x2 != x + bw) | (y2 != y + bh))
+        self.clipped_ann_ids = self._frozen(_annotation_ids(anns, np.flatnonzero(clipped)))
+        self.dropped_ann_ids = self._frozen(_annotation_ids(anns, np.flatnonzero(degenerate)))
         cat_keys = np.array(list(self.cat_to_label), dtype=np.int64)
         cat_labels = np.array(list(self.cat_to_label.values()), dtype=np.int64)
         order = np.argsort(cat_keys, kind="stable")
@@ -220,6 +254,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.box_offsets = self._frozen(np.concatenate([[0], np.cumsum(counts[kept_images])]))
         self.image_ids = self._frozen(ids[kept_images])
         self.sizes = self._frozen(np.stack([h, w], 1)[kept_images].astype(np.int64))
+        self.unused_file_names = tuple(names[i].decode() for i in np.flatnonzero(~kept_images))
         names = [names[i] for i in np.flatnonzero(kept_images)]
         lengths = np.fromiter(map(len, names), np.int64, len(names))
         self._names = self._frozen(np.frombuffer(b"".join(names), dtype=np.uint8))
@@ -282,6 +317,11 @@ class CocoDetection(torch.utils.data.Dataset):
         start, end = self._name_offsets[index], self._name_offsets[index + 1]
         return self._names[start:end].tobytes().decode()
 
+    def file_names(self) -> list[str]:
+        """Every image's ``file_name`` (relative to ``image_dir``), in dataset order."""
+        buf, off = self._names.tobytes(), self._name_offsets.tolist()
+        return [buf[a:b].decode() for a, b in zip(off[:-1], off[1:])]
+
     def image_path(self, index: int) -> Path:
         return self.image_dir / self.file_name(index)
 
@@ -292,7 +332,7 @@ class CocoDetection(torch.utils.data.Dataset):
         try:
             with Image.open(path) as im:
                 im.load()  # decoded now; leaving `with` only closes the file
-                return im if im.mode == "RGB" else im.convert("RGB")  # no copy for RGB JPEGs
+                return to_rgb(im)  # no copy for RGB JPEGs
         except FileNotFoundError as e:
             raise FileNotFoundError(f"image {path} (id {image_id}) does not exist") from e
         except (OSError, SyntaxError, Image.DecompressionBombError) as e:

@@ -1,9 +1,13 @@
-"""Decodes every image of a dataset's train and val splits: ``ssdwb data verify DIR --decode``.
+"""Checks a dataset: ``ssdwb data verify DATA`` (the quick check) and ``--decode`` (every image).
+
+:func:`verify_quick` is the check every training run makes first (:mod:`ssdwb.data.check`: files
+exist, boxes inside their image, train and val categories match), for a dataset file or a
+folder. :func:`verify_decode` also decodes every image of the train and val splits:
 
 An image that is missing, truncated or undecodable stops a run that does not skip bad images,
 or (``skip_bad_images=True``) is replaced by another one in every epoch: better found before
-training. Both layouts that :func:`ssdwb.data.resolve_data` knows are checked (COCO 2017's
-``train2017``/``val2017`` and the synthetic set's ``train``/``val``): the images named by each
+training. Every dataset :func:`ssdwb.data.resolve_data` knows is checked (a dataset file,
+COCO 2017's ``train2017``/``val2017``, the synthetic set's ``train``/``val``): the images named by each
 split's annotation file (all of them, those without boxes too), or every file of the split's
 folder when the annotation file cannot be read (that is a problem of its own). A decoded size
 that differs from the annotation file's ``width``/``height`` is reported too: the boxes would
@@ -18,11 +22,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from ssdwb.data.coco import read_coco_json
+from ssdwb.data.check import check_dataset
+from ssdwb.data.coco import CocoDetection, read_coco_json
 from ssdwb.data.download import DatasetError, verify_coco
 from ssdwb.data.layout import resolve_data
 
-__all__ = ["check_image", "decode_split", "verify_decode"]
+__all__ = ["check_image", "decode_split", "verify_decode", "verify_quick"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -82,11 +87,32 @@ def decode_split(pool: ProcessPoolExecutor, items: list, workers: int, desc: str
     return bad
 
 
+def verify_quick(data: str | os.PathLike) -> list[str]:
+    """The quick check of :mod:`ssdwb.data.check` on a dataset file or folder, without opening
+    an image.
+
+    Returns the report's lines (warnings included: clipped and dropped boxes with their
+    annotation ids); raises ``DatasetError`` naming the problems (a bad dataset file, an
+    unreadable annotation file, missing images, train and val categories that differ).
+    """
+    try:
+        paths = resolve_data(data)
+        splits = [CocoDetection(paths[f"{s}_images"], paths[f"{s}_ann"]) for s in ("train", "val")]
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"dataset check failed:\n  {e}") from e
+    check = check_dataset(*splits)
+    problems = check.problems()
+    if problems:
+        raise DatasetError("dataset check failed:\n  " + "\n  ".join(problems + [
+            f"warning: {w}" for w in check.warnings()]))
+    return check.report()
+
+
 def verify_decode(datadir: str | os.PathLike, workers: int | None = None,
                   check_zips: bool = True, progress: bool = True) -> list[str]:
-    """Decodes every train and val image under ``datadir``; on the COCO 2017 layout runs
-    :func:`ssdwb.data.download.verify_coco` first (md5s with ``check_zips``, image counts,
-    annotation files).
+    """Decodes every train and val image of ``datadir`` (a dataset file or folder); on the COCO
+    2017 layout runs :func:`ssdwb.data.download.verify_coco` first (md5s with ``check_zips``,
+    image counts, annotation files), on the others :func:`verify_quick`.
 
     Returns the lines of a report; raises ``DatasetError`` listing every bad file with the
     reason (missing, truncated, cannot be decoded, wrong size) and every other problem found.
@@ -97,11 +123,13 @@ def verify_decode(datadir: str | os.PathLike, workers: int | None = None,
     except FileNotFoundError as e:
         raise DatasetError(str(e)) from e
     report, problems = [], []
-    if paths["train_images"].name == "train2017":
-        try:
+    try:
+        if paths["kind"] == "coco2017":
             report += verify_coco(datadir, check_zips=check_zips)
-        except DatasetError as e:
-            problems += [line.strip() for line in str(e).splitlines()[1:]]
+        else:
+            report += verify_quick(datadir)
+    except DatasetError as e:
+        problems += [line.strip() for line in str(e).splitlines()[1:]]
     workers = workers or len(os.sched_getaffinity(0))
     bad_total = checked = 0
     with ProcessPoolExecutor(max_workers=workers) as pool:

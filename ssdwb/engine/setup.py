@@ -5,6 +5,7 @@ optimiser. ``ssdwb.engine.loop.train`` calls them in this order.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch
 
 from ssdwb.config import TrainConfig
 from ssdwb.data import CocoDetection, build_loader, resolve_data, train_transform, val_transform
+from ssdwb.data.check import check_dataset
 from ssdwb.data.loader import steps_per_epoch
 from ssdwb.engine.distributed import DistInfo, init_distributed, side_group
 from ssdwb.engine.optim import SGD
@@ -24,6 +26,8 @@ from ssdwb.ssd.anchors import DefaultBoxes, default_boxes, save_design
 from ssdwb.ssd.box_coder import BoxCoder
 from ssdwb.ssd.loss import MultiBoxLoss
 from ssdwb.ssd.model import build_model, check_design
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Devices", "Data", "Parts", "load_config", "anchor_design", "setup_devices",
            "fit_to_ranks", "open_run_folder", "build_data", "build_parts"]
@@ -172,13 +176,23 @@ def open_run_folder(config: TrainConfig, resume, checkpoint: dict | None,
 def build_data(config: TrainConfig, devices: Devices, dboxes: DefaultBoxes) -> Data:
     """The train and val datasets and their loaders. Persistent workers: no restart at every
     epoch and eval (augmentations are seeded per sample, so that does not change what they
-    draw)."""
+    draw).
+
+    ``data_dir`` is a dataset folder or file (:func:`ssdwb.data.resolve_data`). Every rank runs
+    the quick check (:mod:`ssdwb.data.check`: no image opened, one listing per image folder), so
+    every rank refuses a dataset with missing images or train/val categories that differ,
+    before the first step; rank 0 logs its report."""
     paths = resolve_data(config.data_dir)
     train_ds = CocoDetection(paths["train_images"], paths["train_ann"],
                              transform=train_transform(config.image_size, config.resize),
                              skip_bad_images=config.skip_bad_images)
     val_ds = CocoDetection(paths["val_images"], paths["val_ann"],
                            transform=val_transform(config.image_size, config.resize))
+    check = check_dataset(train_ds, val_ds)
+    if devices.dist.is_main:
+        log.info("dataset %s (%s):\n  %s", paths["name"], paths["source"],
+                 "\n  ".join(check.report()))
+    check.raise_if_refused()
     coder = BoxCoder(dboxes)
     train_loader = build_loader(train_ds, config.batch_size, train=True,
                                 num_workers=config.num_workers, seed=config.seed, coder=coder,

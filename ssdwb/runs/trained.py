@@ -7,8 +7,8 @@ with (the checkpoint's anchor design; ``dboxes300_coco`` for older checkpoints).
 
 Class names and COCO category ids, in this order: a ``classes`` list saved in the checkpoint,
 the categories of the run's val (or train) annotation file when it is still at the config's
-``data_dir`` and has as many classes as the weights, COCO 2017's 80 categories for an 81-class
-model, and otherwise ``class N`` with category id N.
+``data_dir`` (a dataset folder or file) and has as many classes as the weights, COCO 2017's 80
+categories for an 81-class model, and otherwise ``class N`` with category id N.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
 from ssdwb.config import TrainConfig
 from ssdwb.data import CocoDetection, resolve_data, val_transform
+from ssdwb.data.check import category_difference
 from ssdwb.data.coco import read_coco_json
 from ssdwb.files import resolve_path
 from ssdwb.runs.checkpoint import load_checkpoint
@@ -70,14 +71,22 @@ class Trained:
         return self.coder.dboxes
 
     def val_dataset(self, data_dir: str | os.PathLike | None = None) -> CocoDetection:
-        """The val split of ``data_dir`` (default: the run's) through the run's val transform;
-        refused when its classes are not the model's."""
+        """The val split of ``data_dir`` (a dataset folder or file; default: the run's) through
+        the run's val transform; refused when its classes are not the model's (their number,
+        or their ids and names when the checkpoint lists them)."""
         paths = resolve_data(data_dir or self.config.data_dir)
         ds = CocoDetection(paths["val_images"], paths["val_ann"],
                            transform=val_transform(self.config.image_size, self.config.resize))
         if ds.num_classes != self.num_classes:
             raise ValueError(f"{paths['val_ann']}: {ds.num_classes - 1} categories, but "
                              f"{self.path} was trained on {self.num_classes - 1}")
+        if self.classes_from == "the checkpoint":
+            trained = [(self.label_to_cat[k], self.label_names[k]) for k in sorted(self.label_names)]
+            data = [(ds.label_to_cat[k], ds.label_names[k]) for k in sorted(ds.label_names)]
+            diff = category_difference(trained, data)
+            if diff:
+                raise ValueError(f"{paths['val_ann']}: not the categories {self.path} was trained "
+                                 f"on ('train' is the checkpoint's): " + "; ".join(diff))
         return ds
 
     def with_layout(self) -> torch.nn.Module:
