@@ -1,5 +1,5 @@
 #!/bin/bash
-# One rank of an ssdwb Slurm job (started by slurm/run.slurm through srun): runs
+# One rank of an ssdwb Slurm job (started by slurm/run.slurm or slurm/sweep.slurm through srun): runs
 # notebooks/train.ipynb with papermill and the config's parameters, then, on rank 0, renders the
 # run's report and prints the MLPerf-style result line
 #   RESULT,OBJECT_DETECTION,<seed>,<seconds from run start to stop>,<user>,<start time>
@@ -24,23 +24,29 @@ export TORCH_NCCL_TRACE_BUFFER_SIZE=${TORCH_NCCL_TRACE_BUFFER_SIZE:-2000}
 export TORCH_NCCL_DUMP_ON_TIMEOUT=${TORCH_NCCL_DUMP_ON_TIMEOUT:-1}
 export TORCH_NCCL_DEBUG_INFO_TEMP_FILE=${TORCH_NCCL_DEBUG_INFO_TEMP_FILE:-$run/ranks/nccl_trace_rank_}
 
-if [[ -n "${CONTAINER:-}" ]]; then
-    ssdwb=(apptainer exec --nv --bind "$root,$DATADIR,$LOGDIR" "$CONTAINER" ssdwb)
-else
-    venv=${SSDWB_VENV:-$root/.venv}
-    ssdwb=("$venv/bin/ssdwb")
-fi
+# shellcheck source=/dev/null
+source "$root/slurm/launch.sh"
+ssdwb_command "$root" "$DATADIR" "$LOGDIR"
 
 params=(-r preset "$PRESET" -r data_dir "$DATADIR" -r run_dir "$LOGDIR" -r run_id "$RUN_ID"
-        -p resume "$RESUME" -p seed "$SEED" -p batch_size "$BATCHSIZE" -p lr "$LR"
-        -r lr_scaling "$LR_SCALING" -p weight_decay "$WD" -p warmup "$WARMUP"
-        -p eval_batch_size "$EVAL_BATCHSIZE" -p epochs "$NUMEPOCHS" -r device "$DEVICE"
-        -p num_workers "$NUM_WORKERS" -r amp "$AMP" -p channels_last "$CHANNELS_LAST")
-[[ -n "${EVAL_AT:-}" ]] && params+=(-p eval_at "$EVAL_AT")
-# EXTRA="key=value ..." plus the MLPerf platform name and the micro-batches per step (run.slurm
-# derives them from GLOBAL_BATCH), as the notebook's `extra` list (JSON).
-extra=$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1].split() + ["submission_platform=" + sys.argv[2], "grad_accum=" + sys.argv[3]]))' \
-        "${EXTRA:-}" "$SYSTEM" "${GRAD_ACCUM:-1}")
+        -p resume "$RESUME" -p seed "$SEED")
+# A system's recipe (slurm/config_$SYSTEM.sh); a sweep run without --system has none: its preset,
+# --set and grid values (EXTRA_JSON) are the whole config.
+if [[ -n "${SYSTEM:-}" ]]; then
+    params+=(-p batch_size "$BATCHSIZE" -p lr "$LR" -r lr_scaling "$LR_SCALING"
+             -p weight_decay "$WD" -p warmup "$WARMUP" -p eval_batch_size "$EVAL_BATCHSIZE"
+             -p epochs "$NUMEPOCHS" -r device "$DEVICE" -p num_workers "$NUM_WORKERS" -r amp "$AMP"
+             -p channels_last "$CHANNELS_LAST")
+    [[ -n "${EVAL_AT:-}" ]] && params+=(-p eval_at "$EVAL_AT")
+fi
+# The notebook's `extra` list (JSON), applied last: EXTRA_JSON (a sweep run's --set and grid
+# values), EXTRA="key=value ...", and with a system its MLPerf platform name and the
+# micro-batches per step (run.slurm derives them from GLOBAL_BATCH).
+extra=$(python3 -c 'import json, sys
+extra = json.loads(sys.argv[1] or "[]") + sys.argv[2].split()
+if sys.argv[3]:
+    extra += ["submission_platform=" + sys.argv[3], "grad_accum=" + sys.argv[4]]
+print(json.dumps(extra))' "${EXTRA_JSON:-}" "${EXTRA:-}" "${SYSTEM:-}" "${GRAD_ACCUM:-1}")
 params+=(-p extra "$extra")
 
 # Slurm signals every process of the step (proctrack), this shell included: keep the shell
@@ -54,11 +60,11 @@ echo "STARTING TIMING RUN AT $start_fmt (rank $rank)"
 cd "$root"
 log=()
 [[ "$rank" == 0 ]] && log=(--log-output)  # rank 0's prints (one line per eval) go to the job log
-"${ssdwb[@]}" notebook train "$out" "${params[@]}" --no-progress "${log[@]}"
+"${SSDWB[@]}" notebook train "$out" "${params[@]}" --no-progress "${log[@]}"
 end=$(date +%s)
 
 if [[ "$rank" == 0 ]]; then
-    "${ssdwb[@]}" report "$run" || echo "warning: no report for $run" >&2
+    "${SSDWB[@]}" report "$run" || echo "warning: no report for $run" >&2
     seconds=$((end - start))
     if [[ -f "$run/summary.json" ]]; then
         seconds=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["time_to_train_s"]))' "$run/summary.json")

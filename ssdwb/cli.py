@@ -14,21 +14,75 @@ from ssdwb.apps.export import check_onnx, export_onnx
 from ssdwb.apps.notebooks import NOTEBOOKS, execute, parse_value
 from ssdwb.apps.predict import predict
 from ssdwb.apps.report import render_report
+from ssdwb.apps.sweep import (
+    SweepError,
+    format_status,
+    load_sweep,
+    open_sweep,
+    parse_grid,
+    plan_sweep,
+    render_sweep_report,
+    run_local,
+    run_task,
+    submit_slurm,
+    sweep_states,
+    task_environment,
+)
 from ssdwb.config import PRESETS, TrainConfig, demo_preset, describe_fields, preset
 from ssdwb.data import CocoDetection, build_loader, resolve_data
 from ssdwb.data.download import DatasetError, download_coco, verify_coco
+from ssdwb.data.layout import DATASET_SUFFIXES
+from ssdwb.data.split import split_coco
 from ssdwb.data.synthetic import DEMO_SHAPES, THIN_SHAPES, ensure_shapes, make_shapes_coco
-from ssdwb.data.verify import verify_decode
+from ssdwb.data.verify import verify_decode, verify_quick
 from ssdwb.engine.distributed import shutdown
 from ssdwb.engine.loop import train
 from ssdwb.evaluation.inference import evaluate
-from ssdwb.files import resolve_path
+from ssdwb.files import atomic_write, resolve_path
 from ssdwb.lab.anchor_fit import fit_design
+from ssdwb.lab.data_stats import dataset_stats, format_stats
 from ssdwb.lab.plan import SSDWB, SYSTEMS, format_plan, plan_table
+from ssdwb.plots import plot_data_stats
 from ssdwb.runs.checkpoint import CheckpointError, convert_checkpoint
 from ssdwb.runs.trained import load_trained
 from ssdwb.runtime import resolve_amp
 from ssdwb.ssd.anchors import save_design
+
+
+def _data_split(args) -> int:
+    """``ssdwb data split``: one COCO export -> DIR/train.json, val.json and dataset.yaml."""
+    out = split_coco(resolve_path(args.annotations), resolve_path(args.out), val=args.val,
+                     seed=args.seed, images=resolve_path(args.images) if args.images else None)
+    print(f"images: {out['images']} ({out['images_from']})")
+    print(f"train: {out['train']} images, {out['train_boxes']} boxes; val: {out['val']} images, "
+          f"{out['val_boxes']} boxes (seed {args.seed})")
+    print(f"dataset file: {out['dataset']}; check it with `ssdwb data verify {out['dataset']}`")
+    return 0
+
+
+def _data_stats(args) -> int:
+    """``ssdwb data stats``: classes, objects per image, sizes and the reference's coverage."""
+    stats = dataset_stats(resolve_path(args.data), args.split)
+    print(format_stats(stats))
+    if args.plot:
+        axes = plot_data_stats(stats)
+        out = resolve_path(args.plot)
+        fig = axes[0].figure
+        fig.tight_layout()
+        atomic_write(out, lambda f: fig.savefig(f, format=out.suffix.lstrip(".") or "png",
+                                                dpi=110))
+        print(f"figure: {out}")
+    return 0
+
+
+def _coco_copy(data: Path) -> bool:
+    """Whether ``ssdwb data verify`` runs COCO 2017's check (zips and/or extracted) on ``data``:
+    not a dataset file, not a synthetic-layout folder."""
+    try:
+        return resolve_data(data)["kind"] == "coco2017"
+    except (FileNotFoundError, ValueError):
+        # a folder of zips, or a missing folder: verify_coco names what it lacks
+        return not data.is_file() and data.suffix.lower() not in DATASET_SUFFIXES
 
 
 def _data(args) -> int:
@@ -39,14 +93,18 @@ def _data(args) -> int:
         return 0
 
     try:
+        if args.data_cmd in ("split", "stats"):
+            return (_data_split if args.data_cmd == "split" else _data_stats)(args)
         if args.data_cmd == "download":
             report = download_coco(args.datadir, keep_zips=not args.remove_zips)
         elif args.decode:
-            report = verify_decode(args.datadir, workers=args.workers,
+            report = verify_decode(resolve_path(args.datadir), workers=args.workers,
                                    check_zips=not args.skip_md5)
-        else:
+        elif _coco_copy(resolve_path(args.datadir)):
             report = verify_coco(args.datadir, check_zips=not args.skip_md5)
-    except DatasetError as e:
+        else:
+            report = verify_quick(resolve_path(args.datadir))
+    except (DatasetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print("\n".join(report))
@@ -134,12 +192,16 @@ def _demo(args) -> int:
 
 def _anchors(args) -> int:
     """``ssdwb anchors fit``: default boxes fitted to a dataset's GT boxes, as a design file."""
-    paths = resolve_data(resolve_path(args.data))
-    ds = CocoDetection(paths[f"{args.split}_images"], paths[f"{args.split}_ann"])
+    try:
+        paths = resolve_data(resolve_path(args.data))
+        ds = CocoDetection(paths[f"{args.split}_images"], paths[f"{args.split}_ann"])
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     gt = ds.all_boxes()
     design, report = fit_design(gt["boxes"], gt["areas"], budget=args.budget,
                                 max_types=args.max_types, sample=args.sample, seed=args.seed)
-    out = resolve_path(args.out or f"anchors/{Path(args.data).resolve().name}.json")
+    out = resolve_path(args.out or f"anchors/{paths['name']}.json")
     save_design(design, out, fit={**report, "data": str(args.data), "split": args.split,
                                   "annotations": str(paths[f"{args.split}_ann"])})
     cov = report["coverage"]
@@ -158,12 +220,75 @@ def _anchors(args) -> int:
 
 def _report(args) -> int:
     try:
-        out = render_report(args.run_dir, args.out, show_code=args.show_code)
+        if (resolve_path(args.run_dir) / "sweep.json").exists():
+            out = render_sweep_report(resolve_path(args.run_dir))
+        else:
+            out = render_report(args.run_dir, args.out, show_code=args.show_code)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(out)
     return 0
+
+
+# --- sweeps ------------------------------------------------------------------------------------
+def _sweep(args) -> int:
+    """``ssdwb sweep NAME ...`` (plan, then run or submit what is left) and ``sweep status``."""
+    try:
+        if args.name == "status":
+            if not args.status_of:
+                raise SweepError("usage: ssdwb sweep status NAME")
+            sweep = load_sweep(resolve_path(args.run_dir) / args.status_of)
+            print(format_status(sweep, sweep_states(sweep)))
+            return 0
+        return _run_sweep(args)
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run_sweep(args) -> int:
+    if args.status_of or not (args.slurm or args.local):
+        raise SweepError("usage: ssdwb sweep NAME --preset P --grid KEY=V1,V2 ... "
+                         "(--slurm | --local)")
+    spec = plan_sweep(args.name, args.preset, parse_grid(args.grid), args.set or [])
+    sweep = open_sweep(resolve_path(args.run_dir) / args.name, spec)
+    rows = sweep_states(sweep)
+    todo = [i for i, r in enumerate(rows) if r["state"] not in ("done", "queued", "running")]
+    busy = sum(r["state"] in ("queued", "running") for r in rows)
+    done = sum(r["state"] == "done" for r in rows)
+    print(f"[ssdwb] sweep {sweep.folder}: {len(rows)} runs, {done} done, {busy} queued or "
+          f"running, {len(todo)} to {'submit' if args.slurm else 'run'}", flush=True)
+    if args.slurm:
+        if not todo:
+            return 0
+        gpus = args.gpus_per_task
+        if gpus is None:
+            gpus = 0 if (args.system or preset(args.preset).with_overrides(
+                args.set or []).device == "cpu") else 1
+        job = submit_slurm(sweep, todo, system=args.system, max_parallel=args.max_parallel,
+                           gpus_per_task=gpus, sbatch_args=args.sbatch_arg)
+        print(f"[ssdwb] submitted array job {job['job_id']} (runs {job['indices']}), report job "
+              f"{job['report_job']} after it; `ssdwb sweep status {args.name}` shows progress")
+        return 0
+    codes = run_local(sweep, todo, jobs=args.jobs, timeout_s=args.timeout) if todo else {}
+    if busy == 0 and (todo or not (sweep.folder / "report.html").exists()):  # the last run ended
+        print(f"[ssdwb] sweep report: {render_sweep_report(sweep.folder)}")
+    print(format_status(sweep, sweep_states(sweep)))
+    return 1 if any(codes.values()) else 0
+
+
+def _sweep_task(args) -> int:
+    """One run of a sweep (what ``--local`` starts per run; ``--env``: what sweep.slurm reads)."""
+    sweep = load_sweep(args.sweep_dir)
+    if not 0 <= args.index < len(sweep.runs):
+        print(f"error: {sweep.folder} has runs 0-{len(sweep.runs) - 1}, not {args.index}",
+              file=sys.stderr)
+        return 2
+    if args.env:
+        print(task_environment(sweep, args.index), end="")
+        return 0
+    return run_task(sweep, args.index)
 
 
 def _notebook(args) -> int:
@@ -310,8 +435,9 @@ def _add_run_subcommands(sub) -> None:
     demo.add_argument("--run-id", default="", help="default: demo-<timestamp>")
     demo.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="change preset fields")
     demo.set_defaults(func=_demo)
-    rep = sub.add_parser("report", help="render a run's HTML report",
-                         description="A run's executed notebooks -> runs/<id>/report.html.")
+    rep = sub.add_parser("report", help="render a run's or a sweep's HTML report",
+                         description="A run's executed notebooks -> runs/<id>/report.html; "
+                         "a sweep folder's comparison notebook -> runs/<name>/report.html.")
     rep.add_argument("run_dir")
     rep.add_argument("--out", help="default: RUN_DIR/report.html")
     rep.add_argument("--show-code", action="store_true", help="keep the code of every cell")
@@ -345,6 +471,45 @@ def _add_run_subcommands(sub) -> None:
     ck.set_defaults(func=_checkpoint)
 
 
+def _add_sweep_subcommands(sub) -> None:
+    sw = sub.add_parser("sweep", help="a grid of runs: a Slurm job array, or here",
+                        description="Runs the grid's cartesian product as runs/NAME/<run>, "
+                        "with one comparison report (runs/NAME/report.html). The same command "
+                        "again runs only what is left. `ssdwb sweep status NAME` shows a table.",
+                        epilog="example: ssdwb sweep lr-seed --preset demo --grid lr=0.05,0.1 "
+                        "seed=1,2 --slurm --max-parallel 2")
+    sw.add_argument("name", help="the sweep's folder under --run-dir (or `status`)")
+    sw.add_argument("status_of", nargs="?", metavar="NAME", help="with `status`: the sweep")
+    sw.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    sw.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+                    help="config fields and their values; every combination is a run")
+    sw.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="fields every run changes")
+    sw.add_argument("--run-dir", default="runs", help="parent of the sweep folder")
+    where = sw.add_mutually_exclusive_group()
+    where.add_argument("--slurm", action="store_true", help="submit one sbatch job array")
+    where.add_argument("--local", action="store_true", help="run here")
+    sw.add_argument("--system", help="--slurm: each run on this system's nodes and ranks "
+                    "(slurm/config_SYSTEM.sh); default: one rank per run")
+    sw.add_argument("--max-parallel", type=int, metavar="M", help="--slurm: at most M runs at "
+                    "once (--array=...%%M)")
+    sw.add_argument("--gpus-per-task", type=int, help="--slurm without --system: GPUs per run "
+                    "through GRES (default: 0 with device=cpu, else 1)")
+    sw.add_argument("--sbatch-arg", action="append", metavar="ARG",
+                    help="--slurm: one more sbatch option, e.g. --sbatch-arg=--time=04:00:00")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N", help="--local: N runs at once")
+    sw.add_argument("--timeout", type=float, metavar="SECONDS",
+                    help="--local: kill a run after this long (default: the notebook's cell "
+                         "timeouts)")
+    sw.set_defaults(func=_sweep)
+    task = sub.add_parser("sweep-task", help="run one run of a sweep (what sweep starts per run)",
+                          description="Runs run INDEX of the sweep in SWEEP_DIR here, resuming "
+                          "its checkpoint; --env prints what slurm/sweep.slurm reads instead.")
+    task.add_argument("sweep_dir")
+    task.add_argument("index", type=int)
+    task.add_argument("--env", action="store_true", help="print the run's shell exports")
+    task.set_defaults(func=_sweep_task)
+
+
 class _OneLinePerCommand(argparse.HelpFormatter):
     """A help column wide enough for the longest subcommand (argparse measures the names one
     indent short and would put ``checkpoint``'s help on a line of its own)."""
@@ -360,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=_OneLinePerCommand)
     sub = ap.add_subparsers(dest="cmd", required=True, title="commands", metavar="COMMAND")
 
-    data = sub.add_parser("data", help="make, download or verify a dataset")
+    data = sub.add_parser("data", help="make, download, split, look into or verify a dataset")
     dsub = data.add_subparsers(dest="data_cmd", required=True)
     synth = dsub.add_parser("synth", help="write the synthetic shapes dataset")
     synth.add_argument("out_dir")
@@ -374,14 +539,36 @@ def build_parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser("download", help="fetch, md5-check and extract COCO 2017")
     dl.add_argument("datadir")
     dl.add_argument("--remove-zips", action="store_true", help="delete each zip once extracted")
-    ver = dsub.add_parser("verify", help="check a COCO 2017 copy (zips and/or extracted)")
-    ver.add_argument("datadir")
+    ver = dsub.add_parser("verify", help="check a dataset: a COCO 2017 copy (zips and/or "
+                          "extracted), or the quick check of a dataset file or folder",
+                          description="COCO 2017 folder: md5s, image counts, annotation files. "
+                          "Dataset file or synthetic folder: the check every training run makes "
+                          "(image files exist, boxes inside their image, train and val "
+                          "categories match). Exit code 1, problems on stderr, when refused.")
+    ver.add_argument("datadir", metavar="DATA", help="dataset folder or file (.yaml, .json)")
     ver.add_argument("--skip-md5", action="store_true", help="do not hash the zips (slow)")
     ver.add_argument("--decode", action="store_true",
-                     help="decode every train and val image (COCO 2017 or synthetic layout) and "
-                          "list the missing, truncated or undecodable files; exit code 1 if any")
+                     help="also decode every train and val image and list the missing, "
+                          "truncated or undecodable files; exit code 1 if any")
     ver.add_argument("--workers", type=int, default=None,
                      help="decoding processes for --decode (default: one per CPU)")
+    spl = dsub.add_parser("split", help="split one COCO annotation file into train and val, "
+                          "with a dataset.yaml", description="Split a COCO export by image "
+                          "(seeded): OUT/train.json, OUT/val.json and OUT/dataset.yaml, whose "
+                          "image folder points at the export's images.")
+    spl.add_argument("annotations", metavar="ANNOTATIONS.json")
+    spl.add_argument("--val", type=float, default=0.1, help="share of images for val (0-1)")
+    spl.add_argument("--seed", type=int, default=0)
+    spl.add_argument("--out", required=True, metavar="DIR", help="where the files go")
+    spl.add_argument("--images", metavar="FOLDER",
+                     help="the folder file_name is relative to (default: images/ beside the "
+                          "annotation file, else ../images, else the annotation file's folder)")
+    sta = dsub.add_parser("stats", help="classes, objects per image, box sizes and the "
+                          "reference anchors' coverage of a dataset",
+                          description="A first look at a dataset, before `ssdwb anchors fit`.")
+    sta.add_argument("data", metavar="DATA", help="dataset folder or file (.yaml, .json)")
+    sta.add_argument("--split", choices=("train", "val"), default="train")
+    sta.add_argument("--plot", metavar="FILE", help="also save a figure (.png, .svg, .pdf)")
     data.set_defaults(func=_data)
 
     anc = sub.add_parser("anchors", help="fit default boxes to a dataset")
@@ -389,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit = asub.add_parser("fit", help="search box types per level for a dataset's GT boxes "
                           "(coverage at IoU > 0.5 per COCO size, worst size weighted up) and "
                           "write a design JSON for `--set anchors=FILE`")
-    fit.add_argument("--data", required=True, help="dataset folder (COCO 2017 or synthetic)")
+    fit.add_argument("--data", required=True,
+                     help="dataset folder (COCO 2017 or synthetic) or file (.yaml, .json)")
     fit.add_argument("--split", choices=("train", "val"), default="train")
     fit.add_argument("--budget", type=int, default=8732,
                      help="most default boxes (default: the reference's 8732)")
@@ -397,10 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--sample", type=int, default=20000,
                      help="GT boxes the search looks at (coverage is reported on all)")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--out", help="the design file (default: anchors/<data folder>.json)")
+    fit.add_argument("--out", help="the design file (default: anchors/<dataset name>.json: "
+                     "the folder's name, or the dataset file's name or stem)")
     anc.set_defaults(func=_anchors)
 
     _add_run_subcommands(sub)
+    _add_sweep_subcommands(sub)
     _add_use_subcommands(sub)
     return ap
 

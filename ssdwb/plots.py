@@ -17,7 +17,7 @@ from ssdwb.data.transforms import MEAN, STD
 
 __all__ = ["to_numpy_image", "draw_boxes", "show_sample", "draw_default_boxes", "plot_coverage",
            "plot_training", "plot_map", "plot_class_ap", "plot_pr_curves", "plot_size_ap",
-           "plot_map_curves"]
+           "plot_map_curves", "plot_data_stats"]
 
 _COLOURS = plt.get_cmap("tab20").colors
 MLPERF_TARGET = 0.23  # COCO box mAP@[.5:.95] on val2017 that ends an MLPerf SSD run
@@ -243,3 +243,71 @@ def plot_size_ap(stats: dict[str, float], ax=None):
     ax.legend(fontsize=8)
     ax.set_title("by object size (-1 = no such objects)", fontsize=9)
     return ax
+
+
+def plot_data_stats(stats: dict, axes=None):
+    """A dataset's first look (``ssdwb.lab.data_stats.dataset_stats``) in three panels: boxes per
+    class, images by objects per image, and boxes per COCO size bin with the reference default
+    boxes' coverage (best IoU > 0.5) written on each bar. Returns the axes."""
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    classes = stats["classes"]
+    axes[0].barh([c["name"] for c in classes][::-1], [c["boxes"] for c in classes][::-1],
+                 color=_COLOURS[0])
+    axes[0].set_xlabel("boxes")
+    axes[0].set_title(f"{stats['name']} {stats['split']}: boxes per class", fontsize=10)
+    hist = stats["objects_histogram"]
+    axes[1].bar(np.arange(len(hist)), hist, color=_COLOURS[2])
+    axes[1].set_xlabel("objects in the image")
+    axes[1].set_ylabel("images")
+    axes[1].set_title(f"objects per image (mean {stats['objects_per_image']['mean']:.2f})",
+                      fontsize=10)
+    keys = ["small", "medium", "large"]
+    bars = axes[2].bar(keys, [stats["sizes"][k]["boxes"] for k in keys], color=_COLOURS[4])
+    for b, k in zip(bars, keys):
+        cov = stats["sizes"][k]["coverage"]
+        axes[2].text(b.get_x() + b.get_width() / 2, b.get_height(),
+                     "-" if math.isnan(cov) else f"covered {cov:.2f}", ha="center",
+                     va="bottom", fontsize=8)
+    axes[2].set_ylabel("boxes")
+    axes[2].set_title("boxes per COCO size (reference anchors' coverage)", fontsize=10)
+    return axes
+
+
+def plot_sweep(rows: list[dict], keys: list[str], target: float | None = None):
+    """Final and best mAP against each swept parameter: one column per key in ``keys``, final
+    mAP above, best below, a line per combination of the other keys' values.
+
+    Args:
+        rows: one dict per run with each key's value (strings, as the grid lists them),
+            ``final_map`` and ``best_map`` (None for a run with no eval yet).
+        keys: the swept config keys, in grid order.
+        target: the target mAP, drawn once the runs come within half of it.
+    """
+    fig, axes = plt.subplots(2, len(keys), figsize=(4.2 * len(keys), 6), squeeze=False)
+    for col, key in enumerate(keys):
+        values = list(dict.fromkeys(r[key] for r in rows))
+        try:  # numbers on a numeric axis, anything else one tick per value
+            xs = {v: float(v) for v in values}
+        except ValueError:
+            xs = {v: i for i, v in enumerate(values)}
+        others = [k for k in keys if k != key]
+        groups: dict[tuple, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(tuple(r[k] for k in others), []).append(r)
+        for row, metric in enumerate(("final_map", "best_map")):
+            ax = axes[row][col]
+            for group, members in groups.items():
+                pts = sorted((xs[r[key]], r[metric]) for r in members if r[metric] is not None)
+                label = ", ".join(f"{k}={v}" for k, v in zip(others, group)) or "mAP"
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+            shown = [r[metric] for r in rows if r[metric] is not None]
+            if target is not None and shown and max(shown) >= target / 2:  # else it squashes them
+                ax.axhline(target, color="red", linestyle=":", linewidth=1)
+            ax.set_xticks(sorted(xs.values()), [v for v, _ in sorted(xs.items(),
+                                                                    key=lambda kv: kv[1])])
+            ax.set_xlabel(key)
+            ax.set_ylabel(f"{metric.split('_')[0]} mAP@[.5:.95]")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

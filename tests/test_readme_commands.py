@@ -49,6 +49,10 @@ EXEMPT = {
         "needs a Slurm node with 4 GPUs and COCO 2017; tests/test_slurm.py checks the "
         "micro-batches GLOBAL_BATCH gives (grad_accum_for) and run.slurm's refusal of one that "
         "does not divide, tests/test_grad_accum.py that 2 x 2 computes what 1 x 4 does",
+    "ssdwb sweep lr-4x --preset reference --grid lr=2.5e-3,3.2e-3 --set data_dir=/data/coco "
+    "--slurm --system 4xC4140 --max-parallel 2": "needs a Slurm cluster with 4-GPU nodes and "
+        "COCO 2017; tests/test_slurm.py runs a 2 x 2 sweep as a job array on the tests' local "
+        "cluster (one requeued task included), tests/test_sweep.py checks what --system submits",
     "containers/build_container.sh ssdwb.sif": "needs Apptainer and the network (the NGC base "
                                                "image); tests/test_container.py checks the "
                                                "definition file",
@@ -62,7 +66,14 @@ WRITES = {
     "ssdwb train --preset demo --set data_dir=data/shapes run_id=first epochs=4":
         ["runs/first/checkpoint.pt", "runs/first/summary.json"],
     "ssdwb anchors fit --data data/thin": ["anchors/thin.json"],
+    "ssdwb data split data/shapes/annotations/instances_train.json --val 0.2 --images "
+    "data/shapes/train --out data/mine": ["data/mine/dataset.yaml", "data/mine/val.json"],
+    "ssdwb data stats data/mine/dataset.yaml --plot data/mine/stats.png":
+        ["data/mine/stats.png"],
     "ssdwb report runs/nb": ["runs/nb/report.html"],
+    "ssdwb sweep lr-seed --preset demo --grid lr=0.05,0.1 seed=1,2 --set epochs=8 eval_at=[4,8] "
+    "--local --jobs 2": ["runs/lr-seed/sweep.json", "runs/lr-seed/lr=0.1,seed=2/report.html",
+                         "runs/lr-seed/report.html"],
     "ssdwb predict --checkpoint runs/first/checkpoint.pt data/shapes/val --out preds":
         ["preds/detections.json"],
     "ssdwb export --checkpoint runs/first/checkpoint.pt --onnx model.onnx --decoded":
@@ -142,6 +153,8 @@ def shrink(command: str) -> tuple[dict[str, str], list[str]]:
                   for a, b in zip([""] + tokens[:-1], tokens)]
     elif args[:1] == ["train"]:
         tokens = _merge_set(tokens, SMALL_RESUME if "--resume" in args else SMALL_RUN)
+    elif args[:1] == ["sweep"] and "--local" in args:
+        tokens = _merge_set(tokens, SMALL_RUN)
     elif args[:2] == ["notebook", "train"]:
         kept, i = [], 0
         while i < len(tokens):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_sweep import SSDWB, check_finished_sweep, one_thread_env, sweep_args
 
 ROOT = Path(__file__).resolve().parent.parent
 SLURM = ROOT / "slurm"
@@ -203,7 +204,7 @@ def test_shell_scripts_are_shellcheck_clean():
 
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed (`make system-deps` installs it, as root)")
-    files = [*SLURM.glob("*.sh"), SLURM / "run.slurm", ROOT / "containers" / "build_container.sh",
+    files = [*SLURM.glob("*.sh"), *SLURM.glob("*.slurm"), ROOT / "containers" / "build_container.sh",
              ROOT / "scripts" / "download_dataset.sh"]
     r = subprocess.run(["shellcheck", "-x", *map(str, files)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
@@ -348,3 +349,72 @@ def test_a_global_batch_that_does_not_divide_is_refused_before_training(tmp_path
                        text=True)
     assert r.returncode == 2, r.stderr
     assert "GLOBAL_BATCH=900 is not a multiple of BATCHSIZE (56) x ranks (4) = 224" in r.stderr
+
+
+# --- a sweep as one job array ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slurm_sweep(cluster, tiny_data, tmp_path_factory):
+    """``ssdwb sweep grid ... --slurm``: a 2 x 2 array on the local cluster, one rank per task;
+    task 3 gets USR1 once it has checkpointed. Returns the submission, the sweep folder and the
+    array job id, once the report job (afterany) has ended."""
+    runs = tmp_path_factory.mktemp("sweeps")
+    env = one_thread_env(**cluster.env)
+    r = subprocess.run([SSDWB, *sweep_args("grid", runs, tiny_data), "--slurm",
+                        "--max-parallel", "4"], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    folder = runs / "grid"
+    jobs = json.loads((folder / "sweep.json").read_text())["jobs"]
+    array, report = jobs[0]["job_id"], jobs[0]["report_job"]
+    t0 = time.time()  # the first checkpoint is written after epoch 1: signal during epoch 2
+    while not (folder / "lr=0.1,seed=2" / "checkpoint.pt").exists():
+        assert time.time() - t0 < 900, "task 3 wrote no checkpoint in 15 min"
+        time.sleep(0.2)
+    cluster.run(["scancel", "--signal=USR1", f"{array}_3"])
+    state = cluster.wait_job(report, timeout=1500)
+    return r, folder, array, state
+
+
+def test_sweep_array_runs_every_task_and_reports(slurm_sweep, cluster):
+    r, folder, array, state = slurm_sweep
+    assert "4 runs, 0 done, 0 queued or running, 4 to submit" in r.stdout
+    assert f"submitted array job {array} (runs [0, 1, 2, 3])" in r.stdout
+    logs = {i: (folder / "slurm" / f"{array}_{i}.out").read_text() for i in range(4)}
+    assert state == "COMPLETED", (folder / "slurm").iterdir()
+    for i in range(4):
+        assert cluster.job_state(f"{array}_{i}") == "COMPLETED", logs[i][-3000:]
+    check_finished_sweep(folder, {**os.environ, **cluster.env})
+
+
+def test_a_signalled_task_is_requeued_alone_and_resumes_to_the_same_result(
+        slurm_sweep, cluster, tiny_data, tmp_path):
+    _, folder, array, _ = slurm_sweep
+    logs = {i: (folder / "slurm" / f"{array}_{i}.out").read_text() for i in range(4)}
+    # one output file per task across the requeue (%A_%a, appended to)
+    assert f"requeueing job {array}_3" in logs[3] and "resuming" in logs[3], logs[3][-3000:]
+    assert logs[3].count("ssdwb sweep task") == 2
+    assert cluster.job_field(f"{array}_3", "Restarts") == "1"
+    for i in range(3):
+        assert "requeueing" not in logs[i] and "resuming" not in logs[i]
+        assert cluster.job_field(f"{array}_{i}", "Restarts") == "0"
+    # the same run, uninterrupted: a one-run sweep with the same values, here
+    ref = subprocess.run([SSDWB, *sweep_args("ref", tmp_path, tiny_data,
+                                             grid=["lr=0.1", "seed=2"]), "--local"],
+                         capture_output=True, text=True, env=one_thread_env(), timeout=900)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    got = json.loads((folder / "lr=0.1,seed=2" / "summary.json").read_text())
+    want = json.loads((tmp_path / "ref" / "lr=0.1,seed=2" / "summary.json").read_text())
+    assert [e["epoch"] for e in got["evals"]] == [1, 2, 3]
+    assert got["evals"] == want["evals"]  # every COCO stat, bit for bit
+    assert got["final_map"] == want["final_map"]
+
+
+def test_the_same_sweep_again_submits_nothing(slurm_sweep, cluster, tiny_data):
+    _, folder, _, _ = slurm_sweep
+    before = json.loads((folder / "sweep.json").read_text())["jobs"]
+    r = subprocess.run([SSDWB, *sweep_args("grid", folder.parent, tiny_data), "--slurm"],
+                       capture_output=True, text=True, env=one_thread_env(**cluster.env),
+                       cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "4 runs, 4 done, 0 queued or running, 0 to submit" in r.stdout
+    assert json.loads((folder / "sweep.json").read_text())["jobs"] == before
