@@ -57,7 +57,8 @@ notebooks-prepare: venv
 
 test: lint system-deps notebooks-prepare
 	$(PY) -m pytest -n $(WORKERS) --dist loadscope tests $(NBVAL) \
-		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		--durations=25
 
 demo: venv
 	$(VENV)/bin/ssdwb demo --data $(DATA)
