@@ -171,3 +171,14 @@ def test_bench_eval_overlap_prints_both_modes_side_by_side():
     assert re.search(r"^off\s+\d+\.\d\d \d+\.\d\d\s+\d+\.\d", out, re.M), out
     assert re.search(r"^on\s+\d+\.\d\d \d+\.\d\d\s+\d+\.\d", out, re.M), out
     assert "same mAPs: True" in out, out
+
+
+def test_bench_sweep_prints_each_way_with_its_ratio():
+    out = run("bench_sweep.py", "--grid", "lr=0.05,0.1", "--epochs", "1", "--no-slurm")
+    lines = out.splitlines()
+    assert lines[0].split() == ["sweep", "of", "lr", "seconds", "runs", "done", "vs", "one",
+                                "after", "another"]
+    for name, line in zip(["local, one after another", "local, --jobs 2"], lines[1:3]):
+        m = re.fullmatch(rf"{re.escape(name)}\s+(\d+\.\d)\s+2/2\s+(\d+\.\d\d)x", line)
+        assert m, line
+    assert lines[1].endswith(" 1.00x")

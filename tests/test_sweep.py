@@ -4,6 +4,7 @@ same sweep on the real local Slurm cluster, with a requeued task, is in tests/te
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -11,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from ssdwb.apps.sweep import (
     Sweep,
@@ -261,3 +264,32 @@ def test_a_run_held_by_another_process_is_not_started_twice(local_sweep):
         r = subprocess.run([SSDWB, "sweep-task", str(folder), "1"], capture_output=True,
                            text=True, timeout=600)
     assert r.returncode == 3 and "not starting a second copy" in r.stdout
+
+
+def test_the_sweep_report_reads_in_a_browser(local_sweep):
+    """In headless Chromium: every figure decoded and not blank, the best run named on screen."""
+    from lab_server import CHROMIUM, CHROMIUM_ARGS
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("no /usr/bin/chromium: `make system-deps` installs it as root")
+    playwright = pytest.importorskip("playwright.sync_api")
+    _, folder = local_sweep
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((folder / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        assert page.locator("h2", has_text="The sweep").is_visible()
+        assert page.get_by_text(re.compile(r"^best run: lr=")).first.is_visible()
+        images = page.locator("img")
+        assert images.count() >= 2
+        for i in range(images.count()):
+            img = images.nth(i)
+            assert img.evaluate("e => e.complete && e.naturalWidth > 0"), f"image {i}"
+            img.scroll_into_view_if_needed()
+            pixels = np.asarray(Image.open(io.BytesIO(img.screenshot())).convert("L"), float)
+            assert pixels.std() > 5.0, f"image {i} is blank"
+        assert errors == []
+        browser.close()
