@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ssdwb.data.coco import to_rgb
 from ssdwb.data.transforms import MEAN, STD
 
 __all__ = ["to_numpy_image", "draw_boxes", "show_sample", "draw_default_boxes", "plot_coverage",
@@ -32,7 +33,7 @@ def to_numpy_image(image) -> np.ndarray:
             t = t * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
             t = (t.clamp(0, 1) * 255).round().to(torch.uint8)
         return t.permute(1, 2, 0).numpy()
-    return np.asarray(image.convert("RGB"))
+    return np.asarray(to_rgb(image))
 
 
 def draw_boxes(ax, boxes, labels=None, scores=None, names=None, fractions: bool = True,

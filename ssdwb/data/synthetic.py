@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ssdwb.data.layout import DATASET_SUFFIXES
 from ssdwb.files import resolve_path
 
 __all__ = ["make_shapes_coco", "ensure_shapes", "SHAPES", "COLOURS", "DEMO_DATA", "DEMO_SHAPES",
@@ -181,10 +182,12 @@ def ensure_shapes(data_dir: str | os.PathLike = DEMO_DATA["dir"], num_train: int
                   num_val: int | None = None, seed: int | None = None) -> Path:
     """The synthetic dataset at ``data_dir``, generated on first use in the demo profile
     (``DEMO_SHAPES``; ``DEMO_DATA``'s image counts and seed unless given). A lock file keeps two
-    notebooks or ranks from writing it at the same time; an existing COCO-format dataset there is
-    used as it is."""
+    notebooks or ranks from writing it at the same time; an existing COCO-format dataset there, or
+    a dataset file, is used as it is."""
 
     out = resolve_path(data_dir)
+    if out.is_file() or out.suffix.lower() in DATASET_SUFFIXES:
+        return out  # a dataset file (ssdwb.data.layout): the user's data, never generated here
     ann = out / "annotations"
     done = [ann / "instances_val.json", ann / "instances_val2017.json"]
     if any(p.exists() for p in done):

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from ssdwb.data import resolve_data
-from ssdwb.data.coco import read_coco_json
+from ssdwb.data.coco import read_coco_json, to_rgb
 from ssdwb.evaluation.coco_eval import STAT_KEYS
 from ssdwb.plots import draw_boxes, show_sample
 
@@ -148,7 +148,7 @@ class TensorBoardLog:
             rows = rows[rows[:, 5] >= self.min_score]
             rows = rows[np.argsort(-rows[:, 5], kind="stable")][: self.max_boxes]
             with Image.open(file) as im:
-                picture = render_detections(im.convert("RGB"), rows, names, gt)
+                picture = render_detections(to_rgb(im), rows, names, gt)
             self.writer.add_image(f"val/{file.name}", picture, step, dataformats="HWC")
 
 
