@@ -88,14 +88,42 @@ def jupyterlab(root: Path, state: Path):
                 proc.wait()
 
 
-def run_all(page, url: str, token: str, notebook: str, done_text: str) -> None:
+def run_all(page, url: str, token: str, notebook: str, done_text: str,
+            timeout_s: float = 300) -> None:
     """Opens ``notebook`` in JupyterLab, waits for its kernel, runs all cells and waits until
-    ``done_text`` appears (something only the last cell prints)."""
+    ``done_text`` appears (something only the last cell prints).
+
+    "Run All Cells" acts on the notebook that has focus; on a loaded machine the click can land
+    before the notebook is the current widget, and then nothing runs. So the click is repeated
+    until a cell shows it is queued or has run, and a stall names what the page shows."""
     page.set_default_timeout(120_000)
     page.goto(f"{url}/lab/tree/{notebook}?token={token}")
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
     page.wait_for_selector(".jp-KernelName:has-text('Python')")
-    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-    page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
-    page.wait_for_selector(f"text={done_text}", timeout=300_000)
+    started = ("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
+               ".some(e => /\\[[0-9*]+\\]/.test(e.textContent))")
+    for _ in range(3):
+        page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()  # focus: the notebook is current
+        page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+        page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+        try:
+            page.wait_for_function(started, timeout=30_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError; try the click again
+            page.keyboard.press("Escape")
+    try:
+        page.wait_for_selector(f"text={done_text}", state="attached",
+                               timeout=timeout_s * 1000)
+    except Exception as err:
+        prompts = page.eval_on_selector_all(
+            ".jp-CodeCell .jp-InputPrompt", "es => es.map(e => e.textContent.trim())")
+        status = page.eval_on_selector(".jp-Notebook-ExecutionIndicator",
+                                       "e => e.getAttribute('data-status')")
+        errors = page.eval_on_selector_all(
+            ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+            "es => es.map(e => e.textContent.slice(0, 500))")
+        raise AssertionError(
+            f"{notebook} in JupyterLab never showed {done_text!r}: kernel {status}, "
+            f"cell prompts {prompts}, stderr {errors}") from err
+    page.locator(f"text={done_text}").first.scroll_into_view_if_needed()
