@@ -103,8 +103,8 @@ def run_all(page, url: str, token: str, notebook: str, done_text: str,
     page.wait_for_selector(".jp-KernelName:has-text('Python')")
     started = ("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
                ".some(e => /\\[[0-9*]+\\]/.test(e.textContent))")
-    for _ in range(3):
-        page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()  # focus: the notebook is current
+    for _ in range(3):  # a click on a cell makes the notebook current
+        page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()
         page.locator(".lm-MenuBar-item", has_text="Run").first.click()
         page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
         try:

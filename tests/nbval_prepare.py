@@ -29,7 +29,9 @@ def small_parameters(out: Path) -> dict[str, dict]:
                   "epochs": 2, "eval_at": [1, 2], "batch_size": 8, "eval_batch_size": 8,
                   "num_workers": 0, "log_interval": 1},
         "results": {"run_root": str(out / "runs-results"), "data_dir": data},
-        "compare_runs": {"runs": str(out / "runs-compare") + "/*", "data_dir": data},
+        # it trains two runs to compare: on 8 images, 1 step an epoch
+        "compare_runs": {"runs": str(out / "runs-compare") + "/*",
+                         "data_dir": str(out / "shapes-compare")},
         "plan": {},
     }
 
@@ -39,6 +41,8 @@ def main(out_dir: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "shapes" / "annotations" / "instances_val.json").exists():
         make_shapes_coco(out / "shapes", num_train=32, num_val=8, seed=0)
+    if not (out / "shapes-compare" / "annotations" / "instances_val.json").exists():
+        make_shapes_coco(out / "shapes-compare", num_train=8, num_val=4, seed=0)
     for name, params in small_parameters(out).items():
         assert name in NOTEBOOKS
         nb = load_notebook_node(str(notebook_path(name)))

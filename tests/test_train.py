@@ -219,12 +219,16 @@ def test_sigusr1_checkpoints_and_the_run_resumes(tiny):
     assert summary["status"] == "success" and summary["iterations"] == 8
 
 
+# fp16's backward on the CPU is about a hundred times slower than fp32's (no fast kernel): its one
+# case has everything a CUDA run adds, at half the demo's width (30 s instead of 170 s on 2 cores)
+FP16_WIDTH = 0.125
+
+
 @pytest.mark.parametrize("changes", [{"encode_on": "device"}, {"channels_last": True},
-                                     {"amp": "bf16"}, {"amp": "fp16"},
-                                     {"amp": "fp16", "channels_last": True, "encode_on": "device"},
-                                     {"amp": "fp16", "grad_clip_norm": 50.0}],
-                         ids=["encode-on-device", "channels-last", "bf16", "fp16", "cuda-like",
-                              "fp16-clipped"])
+                                     {"amp": "bf16"},
+                                     {"amp": "fp16", "channels_last": True, "encode_on": "device",
+                                      "grad_clip_norm": 50.0, "model_width": FP16_WIDTH}],
+                         ids=["encode-on-device", "channels-last", "bf16", "cuda-like-fp16"])
 def test_gpu_code_paths_train_on_the_cpu(tiny, changes):
     """What a CUDA run does differently (encode in the loop, NHWC, autocast, fp16's GradScaler)
     runs through train() here. Encoding in the loop is bit-identical to encoding in the loader;
@@ -234,9 +238,10 @@ def test_gpu_code_paths_train_on_the_cpu(tiny, changes):
     from ssdwb.engine.loop import train
     from ssdwb.runs.checkpoint import load_checkpoint
 
-    ref = tiny / "runs" / "full"
+    width = changes.get("model_width")
+    ref = tiny / "runs" / ("full" if width is None else f"full-width-{width}")
     if not ref.exists():
-        train(tiny_config(tiny, "full"))
+        train(tiny_config(tiny, ref.name, **({} if width is None else {"model_width": width})))
     name = "gpu-path-" + "-".join(f"{k}-{v}" for k, v in changes.items())
     summary = train(tiny_config(tiny, name, **changes))
     assert summary["status"] == "success" and summary["iterations"] == 8
@@ -266,14 +271,14 @@ def test_gpu_code_paths_train_on_the_cpu(tiny, changes):
 @pytest.mark.parametrize("changes", [{"grad_clip_norm": 10.0},
                                      {"encode_on": "device", "amp": "bf16", "channels_last": True},
                                      {"encode_on": "device", "amp": "fp16", "channels_last": True,
-                                      "grad_clip_norm": 10.0},
+                                      "grad_clip_norm": 10.0, "model_width": FP16_WIDTH},
                                      # 8 images, 4 steps per epoch: the cut is in epoch 2
                                      {"grad_accum": 2, "grad_clip_norm": 10.0, "epochs": 2,
                                       "eval_at": [2]}],
                          ids=["cpu-path", "cuda-path", "cuda-fp16-path", "grad-accum"])
 def test_host_syncs_at_most_one_per_log_interval(tiny, changes):
-    """The steady path reads the device once per log interval: 4 more iterations at
-    log_interval=2 add at most 2 reads (``.item()``/``bool(tensor)``/``nonzero`` would add one
+    """The steady path reads the device once per log interval: 2 more iterations at
+    log_interval=2 add at most 1 read (``.item()``/``bool(tensor)``/``nonzero`` would add one
     per iteration). The loader works in a worker process, outside the counting. The CUDA path
     (encoding in the loop, autocast, NHWC) is counted the same way on the CPU, with bf16 and with
     fp16's GradScaler (ssdwb.engine.optim.SGD skips overflow on the device; stock SGD would make
@@ -304,7 +309,7 @@ def test_host_syncs_at_most_one_per_log_interval(tiny, changes):
         assert s["iterations"] == iterations
         return c.n
 
-    assert syncs(6) - syncs(2) <= 2
+    assert syncs(4) - syncs(2) <= 1
 
 
 def test_a_signal_at_an_epochs_last_step_resumes_at_the_epoch_end(tiny, monkeypatch):
