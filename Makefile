@@ -7,6 +7,8 @@ STAMP := $(VENV)/.ssdwb-installed
 DATA ?= data/shapes
 # pytest workers: the machine has 2 cores.
 WORKERS ?= 2
+# the slowest tests make test lists (0: all of them)
+DURATIONS ?= 25
 
 NBVAL := build/nbval
 # Debian packages the tests need: chromium (tests/test_browser.py), slurm-wlm and munge (the
@@ -58,7 +60,7 @@ notebooks-prepare: venv
 test: lint system-deps notebooks-prepare
 	$(PY) -m pytest -n $(WORKERS) --dist loadscope tests $(NBVAL) \
 		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
-		--durations=25
+		--durations=$(DURATIONS)
 
 demo: venv
 	$(VENV)/bin/ssdwb demo --data $(DATA)

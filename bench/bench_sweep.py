@@ -5,11 +5,11 @@ time here, and as one Slurm job array on the tests' local two-node cluster, meas
     .venv/bin/python bench/bench_sweep.py --no-slurm       # without the local cluster
     .venv/bin/python bench/bench_sweep.py --grid lr=0.1 --epochs 1 --no-slurm   # a quick look
 
-Each run: the synthetic set's 24 train / 8 val images, the demo model, batch 2, an eval after
-every epoch, fp32, one thread (``OMP_NUM_THREADS=1``). The Slurm array runs every task at once
-(``--max-parallel 4``, 2 nodes x 2 CPUs) and its time goes from ``ssdwb sweep`` to the end of
-the report job (``afterany``); the local times include the sweep's report too. The cluster needs
-root and Debian's slurm-wlm and munge (tests/slurm_cluster.py).
+Each run: the synthetic set's 24 train (``--train-images``) / 8 val images, the demo model,
+batch 2, an eval after every epoch, fp32, one thread (``OMP_NUM_THREADS=1``). The Slurm array
+runs every task at once (``--max-parallel 4``, 2 nodes x 2 CPUs) and its time goes from
+``ssdwb sweep`` to the end of the report job (``afterany``); the local times include the sweep's
+report too. The cluster needs root and Debian's slurm-wlm and munge (tests/slurm_cluster.py).
 """
 
 from __future__ import annotations
@@ -84,10 +84,11 @@ def main() -> None:
     ap.add_argument("--grid", nargs="+", default=["lr=0.05,0.1", "seed=1,2"])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--no-slurm", action="store_true", help="skip the local Slurm cluster")
+    ap.add_argument("--train-images", type=int, default=24, help="synthetic training images")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as d:
         tmp = Path(d)
-        data = make_shapes_coco(tmp / "tiny", num_train=24, num_val=8, seed=0)
+        data = make_shapes_coco(tmp / "tiny", num_train=args.train_images, num_val=8, seed=0)
         rows = [("local, one after another", *time_local(tmp, data, args, 1)),
                 ("local, --jobs 2", *time_local(tmp, data, args, 2))]
         why = missing_requirements()

@@ -207,15 +207,18 @@ class LocalCluster:
     # --- tear-down ------------------------------------------------------------------------------
     def _job_processes(self) -> list[int]:
         """Every process started for this cluster's jobs: slurmstepd, the batch script and
-        the tasks all inherit our SLURM_CONF (slurmstepd daemonizes, so it is no child of ours)."""
+        the tasks all inherit our SLURM_CONF (slurmstepd daemonizes, so it is no child of ours).
+        Children of the daemons are theirs (slurmctld's slurmscriptd ignores SIGTERM and goes
+        with slurmctld; killing it first made slurmctld's own exit wait 20 s)."""
         mark = f"SLURM_CONF={self.conf}".encode()
         pids = []
         for d in Path("/proc").iterdir():
             if d.name.isdigit() and int(d.name) not in self.pids and int(d.name) != os.getpid():
                 try:
-                    if mark in (d / "environ").read_bytes().split(b"\0"):
+                    parent = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    if parent not in self.pids and mark in (d / "environ").read_bytes().split(b"\0"):
                         pids.append(int(d.name))
-                except OSError:
+                except (OSError, IndexError, ValueError):
                     pass
         return pids
 
