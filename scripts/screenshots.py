@@ -1,12 +1,15 @@
 """Makes the README's pictures from real output, in Debian's Chromium through Playwright.
 
     .venv/bin/python scripts/screenshots.py [RUN_DIR] [--out docs]
+    .venv/bin/python scripts/screenshots.py --sweep runs/lr-seed [--out docs]
 
 * ``docs/report.png``: the report of RUN_DIR (default: the newest run under runs/ that has a
   report.html, e.g. what ``make demo`` wrote), scrolled to its training curves;
   ``docs/report_detections.png``: the same report at its detections on val images.
 * ``docs/anchors.png``: ``notebooks/anchors.ipynb`` running in JupyterLab on the demo dataset,
   with the interactive explorer switched to level 2.
+* ``docs/sweep_report.png`` (only this, with ``--sweep``): a sweep's report (``ssdwb report
+  runs/<sweep>``) at its mAP against the swept values.
 """
 
 from __future__ import annotations
@@ -67,16 +70,27 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "docs"))
     p.add_argument("--data", default="data/shapes", help="dataset of the anchors notebook")
     p.add_argument("--skip-anchors", action="store_true", help="only the report's pictures")
+    p.add_argument("--sweep", help="a sweep folder with report.html: only its picture")
     args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            report_png(browser, Path(args.sweep).resolve(), out / "sweep_report.png",
+                       heading="The sweep")
+            browser.close()
+        print(out / "sweep_report.png")
+        return
     if args.run_dir:
         run = Path(args.run_dir).resolve()
     else:
-        reports = sorted((ROOT / "runs").glob("*/report.html"), key=lambda f: f.stat().st_mtime)
+        reports = sorted((f for f in (ROOT / "runs").glob("*/report.html")
+                          if not (f.parent / "sweep.json").exists()),  # a run's, not a sweep's
+                         key=lambda f: f.stat().st_mtime)
         if not reports:
             raise SystemExit("no runs/*/report.html: run `make demo` first or pass RUN_DIR")
         run = reports[-1].parent
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         report_png(browser, run, out / "report.png")

@@ -183,6 +183,29 @@ def test_a_system_run_takes_its_nodes_and_ranks(tmp_path, monkeypatch):
         submit_slurm(sweep, [0], system="9xC4140")
 
 
+@pytest.mark.parametrize("best, drawn", [(0.0014, False), (0.2, True)])
+def test_the_target_line_only_near_the_runs(best, drawn):
+    """Far above every run, the target line would squash the curves at the bottom: it is drawn
+    once a run comes within half of it, else the mAP curves' title names it."""
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+
+    from ssdwb import plots
+
+    runs = [SimpleNamespace(name=f"lr={lr}", config={"target_map": 0.23},
+                            evals=[{"epoch": 1, "mAP": 0.0}, {"epoch": 2, "mAP": best * lr / 0.1}])
+            for lr in (0.05, 0.1)]
+    ax = plots.plot_map_curves(runs)
+    assert (len(ax.get_lines()) == 3) is drawn
+    assert ("0.23" in ax.get_title()) is not drawn
+    rows = [{"lr": str(lr), "final_map": best * lr / 0.1, "best_map": best * lr / 0.1}
+            for lr in (0.05, 0.1)]
+    fig = plots.plot_sweep(rows, ["lr"], target=0.23)
+    assert all((len(ax.get_lines()) == 2) is drawn for ax in fig.axes)
+    plt.close("all")
+
+
 def test_cli_errors_name_the_problem(tmp_path):
     r = subprocess.run([SSDWB, "sweep", "s", "--grid", "lr=1,2", "--run-dir", str(tmp_path)],
                        capture_output=True, text=True)
