@@ -220,7 +220,7 @@ def test_sigusr1_checkpoints_and_the_run_resumes(tiny):
 
 
 # fp16's backward on the CPU is about a hundred times slower than fp32's (no fast kernel): its one
-# case has everything a CUDA run adds, at half the demo's width (30 s instead of 170 s on 2 cores)
+# case has everything a CUDA run adds, at half the demo's width (60 s instead of 172 s alone here)
 FP16_WIDTH = 0.125
 
 
